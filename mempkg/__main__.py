@@ -1,0 +1,41 @@
+"""Command line: ``python -m mempkg {list,execute,run}`` (see :mod:`mempkg.run`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mempkg", description="Execute the chapters of 'Memorization in Diffusion Models'.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the chapters")
+    ex = sub.add_parser("execute", help="re-execute chapters at their defaults into book/chapters/")
+    ex.add_argument("chapters", nargs="*", help="chapter numbers or names (default: all)")
+    rn = sub.add_parser("run", help="run one chapter with new parameters into runs/<chapter>/<parameters>/")
+    rn.add_argument("chapter", help="chapter number or name, e.g. 2 or 02_exact_scores")
+    rn.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter and its value (a Python literal or a string); repeatable")
+    rn.add_argument("--root", default="runs", help="folder that holds the run folders (default: runs)")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for path in run.chapters():
+            print(path.stem)
+        return 0
+    if args.command == "execute":
+        sources = [run.find_chapter(c) for c in args.chapters] if args.chapters else run.chapters()
+        for source in sources:
+            output = run.EXECUTED / f"{source.stem}.ipynb"
+            print(f"executing {source.name} -> {output.relative_to(run.ROOT)}", flush=True)
+            nb = run.execute_chapter(source, output)
+            print(f"  {nb.metadata.papermill.duration:.1f} s", flush=True)
+        return 0
+    parameters = {name: run.parse_value(value) for name, value in args.parameter}
+    output = run.run_chapter(args.chapter, parameters, root=args.root)
+    print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

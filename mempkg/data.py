@@ -1,0 +1,222 @@
+"""Data sets: embedded digits, seeded synthetic sets, and a local CIFAR-10 copy.
+
+Every image set is returned as a float tensor of shape ``(n, channels, height, width)`` scaled to
+[-1, 1], the range in which seed 000's sphere radius sigma = 0.05 is expressed. Every random
+choice takes a ``seed`` so that chapters and tests are reproducible. Nothing here downloads:
+the digits ship with scikit-learn, synthetic sets are generated, and CIFAR-10 is read from a
+copy the user names.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._checks import check_positive, check_positive_int
+
+__all__ = [
+    "DATASETS",
+    "load",
+    "digits",
+    "cifar10",
+    "horizontal_flip",
+    "split",
+    "random_points",
+    "subspace_gaussian",
+]
+
+DATASETS = ("digits", "cifar10")
+
+
+def _subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of size ``n`` (all indices when ``n`` is None)."""
+    if n is None:
+        return np.arange(n_total)
+    n = check_positive_int(n, "n")
+    if n > n_total:
+        raise ValueError(f"n must be at most {n_total} (the size of the data set), got {n}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=n, replace=False))
+
+
+def _select_classes(labels: np.ndarray, classes, n_classes: int) -> np.ndarray:
+    if classes is None:
+        return np.arange(len(labels))
+    classes = list(classes)
+    bad = [c for c in classes if c not in range(n_classes)]
+    if bad or not classes:
+        raise ValueError(f"classes must be a non-empty list of labels in 0..{n_classes - 1}, got {classes}")
+    return np.flatnonzero(np.isin(labels, classes))
+
+
+def horizontal_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror images left to right; ``x`` has shape ``(n, c, h, w)``."""
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (n, channels, height, width), got {tuple(x.shape)}")
+    return torch.flip(x, dims=[-1])
+
+
+def split(x: torch.Tensor, n_train: int, n_test: int | None = None, seed: int = 0):
+    """A seeded random split of ``x`` into ``(train, test)`` with ``n_train`` and ``n_test`` rows.
+
+    ``n_test`` defaults to all remaining rows. The two parts never share a row.
+    """
+    n_train = check_positive_int(n_train, "n_train")
+    rest = x.shape[0] - n_train
+    if rest < 0:
+        raise ValueError(f"n_train must be at most {x.shape[0]} (the number of rows), got {n_train}")
+    n_test = rest if n_test is None else check_positive_int(n_test, "n_test", allow_zero=True)
+    if n_test > rest:
+        raise ValueError(f"n_test must be at most {rest} (the rows left after n_train), got {n_test}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    return x[perm[:n_train]], x[perm[n_train:n_train + n_test]]
+
+
+def _finish(images: np.ndarray, labels: np.ndarray, flip: bool, dtype, return_labels: bool):
+    x = torch.as_tensor(images, dtype=dtype)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if flip:
+        x = torch.cat([x, horizontal_flip(x)])
+        y = torch.cat([y, y])
+    return (x, y) if return_labels else x
+
+
+def digits(
+    n: int | None = None,
+    classes=None,
+    seed: int = 0,
+    flip: bool = False,
+    dtype=torch.float32,
+    return_labels: bool = False,
+):
+    """scikit-learn's 1,797 handwritten digits as images in [-1, 1], shape ``(n, 1, 8, 8)``.
+
+    Parameters
+    ----------
+    n : int, optional
+        Number of images: a seeded random subset (in the data set's order); all when omitted.
+    classes : iterable of int, optional
+        Keep only these digit classes (0-9) before subsetting.
+    seed : int
+        Seed of the subset choice.
+    flip : bool
+        Append the horizontal flips of the chosen images (``2 n`` images; flips come after
+        the originals, in the same order), as seed 000 does for its training sets.
+    dtype : torch dtype
+    return_labels : bool
+        Also return the class labels, a long tensor of shape ``(n,)``.
+
+    The 17 grey levels 0..16 map linearly to [-1, 1] (``x / 8 - 1``).
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float64) / 8.0 - 1.0
+    labels = bunch.target
+    keep = _select_classes(labels, classes, 10)
+    pick = keep[_subset(len(keep), n, seed)]
+    return _finish(images[pick][:, None], labels[pick], flip, dtype, return_labels)
+
+
+def cifar10(
+    root,
+    n: int | None = None,
+    train: bool = True,
+    classes=None,
+    seed: int = 0,
+    flip: bool = False,
+    dtype=torch.float32,
+    return_labels: bool = False,
+):
+    """CIFAR-10 from a local copy, as images in [-1, 1] of shape ``(n, 3, 32, 32)``.
+
+    Reads the "python version" of the data set (the folder ``cifar-10-batches-py`` holding the
+    pickled ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``, the format torchvision's
+    ``CIFAR10`` also reads). ``root`` is that folder or its parent. Nothing is downloaded.
+
+    Parameters are as in :func:`digits`; ``train`` picks the 50,000 training images or the
+    10,000 test images.
+    """
+    if root is None:
+        raise ValueError("data_root must name a local CIFAR-10 copy when dataset='cifar10'")
+    root = Path(root).expanduser()
+    folder = root if (root / "test_batch").exists() else root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    missing = [name for name in names if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found under {root}: missing {', '.join(missing)}. Download the python "
+            "version (cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html on a "
+            "machine with network access, unpack it, and pass the folder as data_root."
+        )
+    data, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    data, labels = np.concatenate(data), np.concatenate(labels)
+    keep = _select_classes(labels, classes, 10)
+    pick = keep[_subset(len(keep), n, seed)]
+    images = data[pick].astype(np.float64) / 127.5 - 1.0
+    return _finish(images, labels[pick], flip, dtype, return_labels)
+
+
+def load(name: str, n: int | None = None, data_root=None, **kwargs):
+    """Load a data set by name: ``"digits"`` or ``"cifar10"`` (which needs ``data_root``).
+
+    This is the switch chapters use for their ``dataset`` parameter; keyword arguments go to
+    :func:`digits` or :func:`cifar10`.
+    """
+    if name == "digits":
+        return digits(n=n, **kwargs)
+    if name == "cifar10":
+        return cifar10(data_root, n=n, **kwargs)
+    raise ValueError(f"dataset must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+
+
+def random_points(n: int, dim: int = 2, radius: float = 1.0, min_separation: float = 0.0, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """``n`` seeded points drawn uniformly in the ball of ``radius`` in ``R^dim``.
+
+    With ``min_separation > 0`` draws are rejected until every pair is at least that far apart
+    (useful for toy training sets whose points should be distinguishable in a figure).
+    """
+    n = check_positive_int(n, "n")
+    dim = check_positive_int(dim, "dim")
+    radius = check_positive(radius, "radius")
+    if min_separation < 0:
+        raise ValueError(f"min_separation must be >= 0, got {min_separation}")
+    rng = np.random.default_rng(seed)
+    points: list[np.ndarray] = []
+    for _ in range(10_000 * n):
+        if len(points) == n:
+            break
+        p = rng.normal(size=dim)
+        p *= radius * rng.uniform() ** (1.0 / dim) / np.linalg.norm(p)
+        if all(np.linalg.norm(p - q) >= min_separation for q in points):
+            points.append(p)
+    if len(points) < n:
+        raise ValueError(f"could not place {n} points at min_separation={min_separation} in a ball of radius {radius}")
+    return torch.as_tensor(np.stack(points), dtype=dtype)
+
+
+def subspace_gaussian(n: int, dim: int, k: int, scale: float = 1.0, seed: int = 0, dtype=torch.float64):
+    """Samples of a Gaussian supported on a random ``k``-dimensional linear subspace of ``R^dim``.
+
+    Returns ``(x, basis)``: ``x`` of shape ``(n, dim)`` and an orthonormal ``basis`` of shape
+    ``(dim, k)``; the covariance is ``scale^2 basis basis^T`` (rank ``k``), the mean zero. The
+    local intrinsic dimension is ``k`` everywhere on the support (seed 004, Section 2).
+    """
+    n = check_positive_int(n, "n")
+    dim = check_positive_int(dim, "dim")
+    k = check_positive_int(k, "k", allow_zero=True)
+    if k > dim:
+        raise ValueError(f"k must be at most dim = {dim}, got {k}")
+    scale = check_positive(scale, "scale")
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(dim, max(k, 1), generator=g, dtype=torch.float64))
+    basis = basis[:, :k]
+    x = scale * torch.randn(n, k, generator=g, dtype=torch.float64) @ basis.T
+    return x.to(dtype), basis.to(dtype)

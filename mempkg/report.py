@@ -1,0 +1,51 @@
+"""The closing table of every chapter: the paper's claim beside what this run measured.
+
+Each chapter ends with :func:`claims_table`, and when papermill passes an ``output_dir`` it
+writes the table with :func:`save_results`, so batch runs (``python -m mempkg run``) leave a
+tidy CSV next to the executed notebook.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["claims_table", "save_results", "fmt"]
+
+VERDICTS = ("agrees", "differs", "not comparable")
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits, as text (stable under tiny float noise)."""
+    if isinstance(value, str):
+        return value
+    return f"{float(value):.{digits}g}"
+
+
+def claims_table(rows) -> pd.DataFrame:
+    """Build the closing table from rows ``(claim, source, paper, this_run, verdict, why)``.
+
+    ``verdict`` must be one of "agrees", "differs", "not comparable"; ``why`` says what differs
+    (scale, data, an ambiguity of the paper) or what the agreement rests on.
+    """
+    columns = ["claim", "source", "paper", "this run", "verdict", "why"]
+    rows = [tuple(r) for r in rows]
+    for r in rows:
+        if len(r) != len(columns):
+            raise ValueError(f"each row must have {len(columns)} fields {columns}, got {len(r)}")
+        if r[4] not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {r[4]!r}")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def save_results(table: pd.DataFrame, output_dir, parameters: dict | None = None) -> Path | None:
+    """Write ``summary.csv`` (and ``parameters.json``) to ``output_dir``; do nothing when it is None."""
+    if output_dir is None:
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    if parameters is not None:
+        (out / "parameters.json").write_text(json.dumps(parameters, indent=2, default=str))
+    return out / "summary.csv"

@@ -1,0 +1,95 @@
+"""Data sets: shapes, ranges, seeds, errors, and CIFAR-10 from a tiny copy written here."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from mempkg import data
+
+
+def test_digits_shape_range_and_labels():
+    x, y = data.digits(return_labels=True)
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
+    assert x.min().item() == -1.0 and x.max().item() == 1.0
+    assert y.shape == (1797,) and set(y.tolist()) == set(range(10))
+
+
+def test_digits_subset_is_seeded_and_respects_classes():
+    a = data.digits(50, seed=3)
+    assert torch.equal(a, data.digits(50, seed=3))
+    assert not torch.equal(a, data.digits(50, seed=4))
+    _, y = data.digits(30, classes=[3, 7], return_labels=True)
+    assert set(y.tolist()) <= {3, 7}
+
+
+def test_flip_appends_mirror_images():
+    x = data.digits(5, flip=True, dtype=torch.float64)
+    assert x.shape[0] == 10
+    assert torch.equal(x[5:], torch.flip(x[:5], dims=[-1]))
+
+
+def test_load_dispatches_and_rejects_unknown_names():
+    assert data.load("digits", n=3).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        data.load("mnist")
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(n=-1), "n must"), (dict(n=5000), "n must be at most"),
+                                         (dict(classes=[11]), "classes"), (dict(n=2.5), "n must be an integer")])
+def test_digits_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        data.digits(**kwargs)
+
+
+def write_tiny_cifar(folder, per_batch=4):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, size=per_batch).tolist()}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    return folder
+
+
+def test_cifar10_reads_the_python_format(tmp_path):
+    folder = write_tiny_cifar(tmp_path / "cifar-10-batches-py")
+    x, y = data.cifar10(tmp_path, return_labels=True)
+    assert x.shape == (20, 3, 32, 32) and y.shape == (20,)
+    assert -1.0 <= x.min().item() and x.max().item() <= 1.0
+    with open(folder / "data_batch_1", "rb") as fh:
+        raw = pickle.load(fh, encoding="bytes")[b"data"][0].reshape(3, 32, 32)
+    assert torch.allclose(x[0], torch.as_tensor(raw / 127.5 - 1.0, dtype=torch.float32))
+    assert data.cifar10(folder, train=False).shape == (4, 3, 32, 32)      # the folder itself works too
+    assert data.load("cifar10", n=6, data_root=tmp_path, flip=True).shape == (12, 3, 32, 32)
+
+
+def test_cifar10_missing_copy_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        data.cifar10(tmp_path)
+    with pytest.raises(ValueError, match="data_root"):
+        data.load("cifar10")
+
+
+def test_split_is_disjoint_and_seeded():
+    x = torch.arange(20.0)[:, None]
+    a, b = data.split(x, 12, seed=1)
+    assert len(a) == 12 and len(b) == 8
+    assert set(a[:, 0].tolist()).isdisjoint(b[:, 0].tolist())
+    assert torch.equal(a, data.split(x, 12, seed=1)[0])
+    with pytest.raises(ValueError, match="n_test"):
+        data.split(x, 12, n_test=9)
+
+
+def test_random_points_and_subspace_gaussian():
+    p = data.random_points(5, dim=3, min_separation=0.4, seed=0)
+    assert p.shape == (5, 3) and (p.norm(dim=1) <= 1).all()
+    d = torch.cdist(p, p) + torch.eye(5) * 10
+    assert d.min().item() >= 0.4
+    x, basis = data.subspace_gaussian(100, 6, 2, seed=0)
+    assert x.shape == (100, 6) and basis.shape == (6, 2)
+    assert torch.allclose(basis.T @ basis, torch.eye(2, dtype=basis.dtype), atol=1e-12)
+    assert torch.linalg.matrix_rank(x).item() == 2
+    with pytest.raises(ValueError, match="k must be at most"):
+        data.subspace_gaussian(10, 3, 4)

@@ -1,0 +1,72 @@
+"""Forward-SDE simulation, ODE and SDE samplers, Tweedie denoising."""
+import math
+
+import pytest
+import torch
+
+from mempkg import VPSDE, EmpiricalScore, GaussianScore
+from mempkg.data import digits
+from mempkg.metrics import nearest_neighbors
+from mempkg.sampling import denoise, forward_marginals, sample_ode, sample_sde, simulate_forward_sde
+
+SDE = VPSDE()
+F64 = torch.float64
+
+
+def test_forward_sde_matches_the_kernel():
+    n = 20_000
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((n, 1), 2.0, dtype=F64)
+    for t, xt in zip([0.1, 0.6], forward_marginals(SDE, x0, [0.1, 0.6], n_steps=600, generator=g)):
+        v = SDE.v(t)
+        assert abs(xt.mean().item() - SDE.alpha(t) * 2.0) < 4.5 * math.sqrt(v / n)
+        assert abs(xt.var().item() - v) < 4.5 * v * math.sqrt(2 / n)
+
+
+def test_forward_sde_is_seeded():
+    x0 = torch.zeros(5, 2, dtype=F64)
+    a = simulate_forward_sde(SDE, x0, 0.5, 10, generator=torch.Generator().manual_seed(3))
+    b = simulate_forward_sde(SDE, x0, 0.5, 10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_denoise_is_the_gaussian_posterior_mean():
+    # data N(mu, lam I): E[x0 | xt] = mu + alpha lam / (alpha^2 lam + v) (xt - alpha mu)
+    mu, lam, t = torch.tensor([1.0, -1.0], dtype=F64), 0.7, 0.3
+    model = GaussianScore(mu, lam * torch.ones(2, dtype=F64), SDE)
+    xt = torch.randn(6, 2, dtype=F64)
+    a, v = SDE.alpha(t), SDE.v(t)
+    assert torch.allclose(denoise(model, SDE, xt, t), mu + a * lam / (a * a * lam + v) * (xt - a * mu))
+
+
+def test_ode_sampler_with_the_exact_empirical_score_returns_copies():
+    train = digits(16, seed=0, dtype=F64)
+    samples = sample_ode(EmpiricalScore(train, SDE), SDE, (40, 1, 8, 8), n_steps=40,
+                         generator=torch.Generator().manual_seed(0), dtype=F64)
+    dist, _ = nearest_neighbors(samples, train)
+    assert dist.max().item() < 1e-8
+
+
+def test_ode_sampler_with_given_noise_is_deterministic():
+    model = GaussianScore(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64), SDE)
+    noise = torch.randn(4, 2, dtype=F64)
+    a = sample_ode(model, SDE, (4, 2), n_steps=20, noise=noise)
+    assert torch.equal(a, sample_ode(model, SDE, (4, 2), n_steps=20, noise=noise))
+    with pytest.raises(ValueError, match="noise must have shape"):
+        sample_ode(model, SDE, (5, 2), n_steps=20, noise=noise)
+
+
+def test_sde_sampler_reaches_the_data_gaussian():
+    cov = torch.tensor([[1.0, 0.5], [0.5, 0.8]], dtype=F64)
+    model = GaussianScore(torch.tensor([2.0, -1.0], dtype=F64), cov, SDE)
+    x = sample_sde(model, SDE, (20_000, 2), n_steps=500, generator=torch.Generator().manual_seed(1), dtype=F64)
+    assert torch.allclose(x.mean(0), model.mean, atol=0.04)
+    assert torch.allclose(torch.cov(x.T), cov, atol=0.06)
+
+
+def test_sampler_arguments_are_checked():
+    model = GaussianScore(torch.zeros(2), torch.eye(2), SDE)
+    with pytest.raises(ValueError, match="t_end"):
+        sample_ode(model, SDE, (2, 2), t_end=1.0)
+    with pytest.raises(ValueError, match="t0 must be smaller"):
+        simulate_forward_sde(SDE, torch.zeros(2, 2), 0.2, 5, t0=0.5)
