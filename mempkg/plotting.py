@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 import torch
 
@@ -13,9 +14,14 @@ __all__ = ["set_style", "image_grid", "image_pairs", "plot_flow_2d", "plot_parti
 
 
 def set_style(context: str = "notebook") -> None:
-    """The book's figure style: seaborn "whitegrid", colour-blind palette, 110 dpi."""
+    """The book's display style.
+
+    Figures: seaborn "whitegrid", colour-blind palette, 110 dpi. Tables: pandas shows whole
+    cells (the closing tables hold sentences, which the default 50-character limit cuts).
+    """
     sns.set_theme(context=context, style="whitegrid", palette="colorblind")
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titlesize": "medium", "image.cmap": "gray"})
+    pd.set_option("display.max_colwidth", None)
 
 
 def group_colors(n: int):

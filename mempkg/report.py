@@ -6,7 +6,6 @@ tidy CSV next to the executed notebook.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,13 +38,14 @@ def claims_table(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def save_results(table: pd.DataFrame, output_dir, parameters: dict | None = None) -> Path | None:
-    """Write ``summary.csv`` (and ``parameters.json``) to ``output_dir``; do nothing when it is None."""
+def save_results(table: pd.DataFrame, output_dir) -> Path | None:
+    """Write ``table`` to ``output_dir/summary.csv``; do nothing when ``output_dir`` is None.
+
+    The runner (:func:`mempkg.run.run_chapter`) records the parameters next to it.
+    """
     if output_dir is None:
         return None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    if parameters is not None:
-        (out / "parameters.json").write_text(json.dumps(parameters, indent=2, default=str))
     return out / "summary.csv"

@@ -13,6 +13,7 @@ Chapters are Jupytext MyST notebooks in ``notebooks/``. :func:`execute_chapter` 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -94,12 +95,14 @@ def run_chapter(name: str, parameters: dict | None = None, root: Path | str = "r
     """Run a chapter with ``parameters`` into its run folder; return the executed notebook's path.
 
     The chapter receives ``output_dir`` (the run folder) and writes its closing table there as
-    ``summary.csv``.
+    ``summary.csv``; the parameters are recorded in ``parameters.json`` beside it.
     """
     source = find_chapter(name)
     parameters = dict(parameters or {})
     folder = run_folder(source, parameters, Path(root))
     parameters.setdefault("output_dir", str(folder.resolve()))
     output = folder / f"{source.stem}.ipynb"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "parameters.json").write_text(json.dumps(parameters, indent=2, default=str))
     execute_chapter(source, output, parameters, cwd=folder, progress=progress)
     return output
