@@ -11,28 +11,38 @@ Modules (one idea each):
 * :mod:`mempkg.score` -- exact scores: empirical (Eq. 11), Gaussian, mixtures
 * :mod:`mempkg.ode` -- Euler / Heun integration of the probability-flow ODE
 * :mod:`mempkg.sampling` -- forward-SDE simulation, ODE and SDE samplers, Tweedie denoising
+* :mod:`mempkg.volume` -- volume growth along the probability-flow ODE (seed 000, Eq. 13, Alg. 1)
+* :mod:`mempkg.nets`, :mod:`mempkg.train`, :mod:`mempkg.checkpoints` -- small score networks,
+  denoising score matching, and the book's committed trained models
 * :mod:`mempkg.data` -- digits, synthetic sets, local CIFAR-10
-* :mod:`mempkg.metrics` -- nearest-neighbour distances to a training set
+* :mod:`mempkg.metrics` -- nearest neighbours, Carlini's calibrated l2, memorized sets
 * :mod:`mempkg.plotting`, :mod:`mempkg.report`, :mod:`mempkg.run` -- the book's figures,
   closing tables and papermill runs
 """
-from . import data, metrics, ode, plotting, report, sampling, score, sde
+from . import checkpoints, data, metrics, nets, ode, plotting, report, sampling, score, sde, train, volume
 from .ode import integrate
-from .score import EmpiricalScore, GaussianScore, MixtureScore
+from .score import EmpiricalScore, GaussianScore, MixtureScore, NetworkScore
 from .sde import VPSDE
+from .volume import volume_growth
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "checkpoints",
     "data",
     "metrics",
+    "nets",
     "ode",
     "plotting",
     "report",
     "sampling",
     "score",
     "sde",
+    "train",
+    "volume",
     "integrate",
+    "volume_growth",
+    "NetworkScore",
     "EmpiricalScore",
     "GaussianScore",
     "MixtureScore",

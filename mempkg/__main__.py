@@ -1,4 +1,8 @@
-"""Command line: ``python -m mempkg {list,execute,run}`` (see :mod:`mempkg.run`)."""
+"""Command line: ``python -m mempkg {list,execute,run,train}``.
+
+``list``, ``execute`` and ``run`` drive the chapters (:mod:`mempkg.run`); ``train NAME`` trains
+the model of a recipe and commits it to ``data/`` with its sha256 (:mod:`mempkg.checkpoints`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +21,8 @@ def main(argv=None) -> int:
     rn.add_argument("chapter", help="chapter number or name, e.g. 2 or 02_exact_scores")
     rn.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter and its value (a Python literal or a string); repeatable")
     rn.add_argument("--root", default="runs", help="folder that holds the run folders (default: runs)")
+    tr = sub.add_parser("train", help="train a recipe's model into data/NAME.pt and record it in data/manifest.json")
+    tr.add_argument("name", help="recipe name (see mempkg.checkpoints.RECIPES)")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -30,6 +36,13 @@ def main(argv=None) -> int:
             print(f"executing {source.name} -> {output.relative_to(run.ROOT)}", flush=True)
             nb = run.execute_chapter(source, output)
             print(f"  {nb.metadata.papermill.duration:.1f} s", flush=True)
+        return 0
+    if args.command == "train":
+        from . import checkpoints
+
+        path = checkpoints.train_recipe(args.name)
+        entry = checkpoints.read_manifest()[args.name]
+        print(f"{path}: sha256 {entry['sha256']}, {entry['training_seconds']} s")
         return 0
     parameters = {name: run.parse_value(value) for name, value in args.parameter}
     output = run.run_chapter(args.chapter, parameters, root=args.root)

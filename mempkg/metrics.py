@@ -1,18 +1,26 @@
-"""Distances between generations and a training set.
+"""Distances between generations and a training set, and the copy detectors built on them.
 
 * :func:`nearest_neighbors` -- the k nearest training points of each generation in l2
   (the raw material of every copy detector in the book).
+* :func:`normalized_l2` -- Carlini et al.'s calibrated l2 (seed 000, Eq. 7): the distance to the
+  nearest training image divided by ``alpha`` times the mean distance to the ``n`` nearest.
+* :func:`memorized_indices` -- the training images that a set of generations copies, by
+  thresholding the calibrated l2.
 
-Later chapters add Carlini et al.'s calibrated l2 (seed 000, Eq. 7), AMS/UMS (seed 002,
-Eqs. 14-15) and PNG complexity (seed 004, App. C.2) here.
+Later chapters add AMS/UMS (seed 002, Eqs. 14-15) and PNG complexity (seed 004, App. C.2) here.
 """
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int
+from ._checks import check_positive, check_positive_int
 
-__all__ = ["nearest_neighbors"]
+__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "COPY_THRESHOLD"]
+
+#: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
+#: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
+#: digits and shows how the memorized set moves with it.
+COPY_THRESHOLD = 1 / 3
 
 
 def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_size: int = 1024, exclude_self: bool = False):
@@ -55,3 +63,43 @@ def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_si
         dists.append(dk)
         idxs.append(ik)
     return torch.cat(dists), torch.cat(idxs)
+
+
+def normalized_l2(gen: torch.Tensor, train: torch.Tensor, alpha: float = 0.5, n_neighbors: int = 50, chunk_size: int = 1024):
+    """Carlini et al.'s calibrated l2 of each generation (seed 000, Eq. 7).
+
+    ``l(x_hat) = |x_hat - x_1| / (alpha * mean_{j <= n} |x_hat - x_j|)`` where ``x_1, ..., x_n`` are
+    the ``n`` nearest training images of ``x_hat`` (the mean includes the nearest one). The range
+    is (0, 1/alpha]; small values mean that ``x_hat`` is much closer to one training image than
+    to its other neighbours: a copy.
+
+    Parameters
+    ----------
+    gen : tensor ``(batch, *data_shape)``, generations
+    train : tensor ``(n, *data_shape)``
+    alpha : float > 0 (0.5 in Carlini et al. and seed 000)
+    n_neighbors : int, size of the calibration set S (50 in Carlini et al.), at most ``n``
+
+    Returns
+    -------
+    ratio : tensor ``(batch,)``
+    nearest : long tensor ``(batch,)``: the index of the nearest training image
+    """
+    alpha = check_positive(alpha, "alpha")
+    n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
+    if n_neighbors > train.shape[0]:
+        raise ValueError(f"n_neighbors must be at most the training set size {train.shape[0]}, got {n_neighbors}")
+    d, idx = nearest_neighbors(gen, train, k=n_neighbors, chunk_size=chunk_size)
+    return d[:, 0] / (alpha * d.mean(1)), idx[:, 0]
+
+
+def memorized_indices(gen: torch.Tensor, train: torch.Tensor, threshold: float = COPY_THRESHOLD, alpha: float = 0.5,
+                      n_neighbors: int = 50, return_counts: bool = False):
+    """Training images copied by at least one generation: calibrated l2 below ``threshold``.
+
+    Returns the sorted unique indices into ``train`` (and, with ``return_counts``, how many
+    generations copy each of them).
+    """
+    threshold = check_positive(threshold, "threshold")
+    ratio, nearest = normalized_l2(gen, train, alpha=alpha, n_neighbors=n_neighbors)
+    return torch.unique(nearest[ratio < threshold], return_counts=return_counts)

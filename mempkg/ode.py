@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ._checks import check_choice, check_positive_int, check_time
 from .sde import VPSDE
 
-__all__ = ["integrate", "time_grid", "Trajectory", "IntegrationError"]
+__all__ = ["integrate", "ode_step", "time_grid", "Trajectory", "IntegrationError"]
 
 METHODS = ("euler", "heun")
 GRIDS = ("log", "uniform")
@@ -93,6 +93,20 @@ def _check_finite(x: torch.Tensor, step: int, t: float, method: str) -> None:
             f"{bad.numel()} of {x.shape[0]} trajectories (first: index {bad[0].item()}); "
             "try more steps, grid='log' or float64"
         )
+
+
+def ode_step(sde: VPSDE, score, x: torch.Tensor, ta: float, tb: float, method: str = "euler") -> torch.Tensor:
+    """One step of the probability-flow ODE from time ``ta`` to ``tb`` (either direction).
+
+    ``"euler"``: ``x + h f(x, ta)``; ``"heun"``: ``x + h/2 (f(x, ta) + f(x + h f(x, ta), tb))``,
+    with ``h = tb - ta`` and ``f`` the drift of Eq. 8. This is the map every integrator in mempkg
+    iterates (:func:`integrate`, :func:`mempkg.volume.volume_growth`).
+    """
+    h = tb - ta
+    da = sde.ode_drift(score, x, ta)
+    if method == "euler":
+        return x + h * da
+    return x + 0.5 * h * (da + sde.ode_drift(score, x + h * da, tb))
 
 
 def integrate(
@@ -156,15 +170,8 @@ def integrate(
     taus_list = taus.tolist()
     states = [x] if return_trajectory else None
     for k in tqdm(range(n_steps), disable=not progress, desc=f"ODE ({method})", leave=False):
-        ta, tb = taus_list[k], taus_list[k + 1]
-        h = tb - ta
-        da = sde.ode_drift(score, x, ta)
-        if method == "euler":
-            x = x + h * da
-        else:
-            x_pred = x + h * da
-            x = x + 0.5 * h * (da + sde.ode_drift(score, x_pred, tb))
-        _check_finite(x, k + 1, tb, method)
+        x = ode_step(sde, score, x, taus_list[k], taus_list[k + 1], method)
+        _check_finite(x, k + 1, taus_list[k + 1], method)
         if return_trajectory:
             states.append(x)
     if return_trajectory:

@@ -7,6 +7,7 @@
 * :func:`sample_sde` -- the reverse-time SDE (Eq. 2 with gamma = 1) by Euler-Maruyama.
 
 Every sampler takes ``(score, sde)``, so exact scores and trained networks are sampled alike.
+The samplers run without autograd (``torch.no_grad``): no graph is kept across their steps.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def denoise(score, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
     return (x + sde.v(tt) * score(x, t)) / sde.alpha(tt)
 
 
+@torch.no_grad()
 def sample_ode(
     score,
     sde: VPSDE,
@@ -139,6 +141,7 @@ def sample_ode(
     return denoise(score, sde, x, t_end) if final_denoise else x
 
 
+@torch.no_grad()
 def sample_sde(
     score,
     sde: VPSDE,

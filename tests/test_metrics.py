@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mempkg.metrics import nearest_neighbors
+from mempkg.metrics import memorized_indices, nearest_neighbors, normalized_l2
 
 
 def test_nearest_neighbors_match_brute_force():
@@ -28,3 +28,27 @@ def test_bad_arguments():
         nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="k must be"):
         nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 2), k=0)
+
+
+def test_normalized_l2_matches_its_definition():
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(80, 5, generator=g)
+    gen = torch.cat([train[:3] + 1e-3, torch.randn(4, 5, generator=g)])
+    ratio, nearest = normalized_l2(gen, train, alpha=0.5, n_neighbors=10)
+    d = torch.cdist(gen, train, compute_mode="donot_use_mm_for_euclid_dist")
+    ds, _ = d.sort(dim=1)
+    assert torch.allclose(ratio, ds[:, 0] / (0.5 * ds[:, :10].mean(1)), rtol=1e-5)
+    assert nearest[:3].tolist() == [0, 1, 2]
+    assert (ratio[:3] < 0.01).all() and (ratio[3:] > 0.3).all()
+    assert (ratio <= 2.0 + 1e-6).all()       # at most 1 / alpha
+
+
+def test_memorized_indices_thresholds_the_ratio():
+    train = torch.eye(60)
+    gen = torch.stack([train[5], train[5] * 0.999, train[7], 0.5 * (train[1] + train[2])])
+    idx, counts = memorized_indices(gen, train, threshold=1 / 3, n_neighbors=20, return_counts=True)
+    assert idx.tolist() == [5, 7] and counts.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="n_neighbors"):
+        normalized_l2(gen, train, n_neighbors=61)
+    with pytest.raises(ValueError, match="threshold"):
+        memorized_indices(gen, train, threshold=0)

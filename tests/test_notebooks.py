@@ -23,6 +23,9 @@ SOURCES = run.chapters()
 SMOKE = {
     "01_vpsde": dict(n_paths=2000, n_sde_steps=100, n_ode_samples=500, n_ode_steps=50),
     "02_exact_scores": dict(n_train=16, n_generate=64, n_steps=30, n_mc=2000),
+    "03_volume_growth": dict(n_points=32, n_steps=50),
+    "04_overfitted_model": dict(n_generate=100, n_sample_steps=20, n_axes=8, n_steps=20, sweep_points=4, sweep_steps=5),
+    "05_memorized_vs_unmemorized": dict(n_generate=300, n_sample_steps=10, n_compare=10, axes_sweep=[1, 4], n_steps=10),
 }
 
 
@@ -103,3 +106,10 @@ def test_book_builds_offline_without_warnings(tmp_path):
         assert "cdn.jsdelivr" not in text and "cdnjs" not in text, f"{page.name} references a CDN"
     chapter = (html / "book" / "chapters" / f"{SOURCES[0].stem}.html").read_text()
     assert "<img" in chapter, "figures are rendered"
+
+
+@pytest.mark.slow
+def test_volume_growth_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "volume_growth.py"), "--points", "2", "--axes", "4",
+                          "--steps", "2"], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "speed-up (loop / batched)" in out.stdout and "ranking all 1797 digits" in out.stdout

@@ -1,0 +1,141 @@
+"""Small score networks that train on a CPU: an MLP for flattened data and a small U-Net.
+
+Both map ``(x, t)`` with ``x`` of shape ``(batch, *data_shape)`` and ``t`` a float or a
+``(batch,)`` tensor in (0, 1] to a tensor shaped like ``x``: the predicted noise ``eps`` or the
+predicted clean image ``x0``, depending on how :class:`mempkg.score.NetworkScore` reads it.
+
+* :class:`MLPScoreNet` -- a residual MLP with a sinusoidal time embedding. At 8x8 digits
+  (d = 64) a width-256, 3-block net trains at a few hundred steps per second on 2 cores and is
+  the model of chapters 4-5 (a conv net is not needed at that size and is ~10x slower).
+* :class:`UNet` -- a two-level U-Net with GroupNorm and time-conditioned residual blocks, for
+  8x8 and 32x32 images (CIFAR-10 scale runs, on a GPU).
+
+References: Ho et al. (2020) for the architecture family; Song et al. (2021).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._checks import check_positive_int
+
+__all__ = ["MLPScoreNet", "UNet", "time_embedding", "build_net"]
+
+
+def time_embedding(t, dim: int, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of ``1000 t`` (Transformer / DDPM style), shape ``(batch, dim)``."""
+    t = torch.as_tensor(t, dtype=dtype, device=device)
+    if t.ndim == 0:
+        t = t.expand(batch)
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=dtype, device=device) / max(half - 1, 1))
+    args = 1000.0 * t[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class MLPScoreNet(nn.Module):
+    """Residual MLP on flattened inputs, conditioned on time by a learned embedding.
+
+    Parameters
+    ----------
+    data_shape : tuple, e.g. ``(1, 8, 8)``
+    hidden : int, width of the hidden layers
+    n_blocks : int, number of residual blocks ``h <- h + W2 SiLU(W1 SiLU(h) + e(t))``
+    time_dim : int, size of the sinusoidal embedding
+    """
+
+    def __init__(self, data_shape, hidden: int = 256, n_blocks: int = 3, time_dim: int = 64):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.config = dict(kind="mlp", data_shape=list(self.data_shape), hidden=hidden, n_blocks=n_blocks, time_dim=time_dim)
+        d = math.prod(self.data_shape)
+        self.time_dim = check_positive_int(time_dim, "time_dim")
+        hidden = check_positive_int(hidden, "hidden")
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(d, hidden)
+        self.blocks = nn.ModuleList(nn.ModuleList([nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)])
+                                    for _ in range(check_positive_int(n_blocks, "n_blocks")))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, d))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        b = x.shape[0]
+        # One time for the whole batch (ODE steps, volume growth): embed it once and broadcast.
+        shared = not isinstance(t, torch.Tensor) or t.ndim == 0
+        temb = self.time_mlp(time_embedding(t, self.time_dim, 1 if shared else b, x.device, x.dtype))
+        h = self.inp(x.reshape(b, -1))
+        for lin1, lin_t, lin2 in self.blocks:
+            h = h + lin2(torch.nn.functional.silu(lin1(torch.nn.functional.silu(h)) + lin_t(temb)))
+        return self.out(h).reshape(x.shape)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, temb: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.temb = nn.Linear(temb, c_out)
+        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, temb):
+        h = self.conv1(torch.nn.functional.silu(self.norm1(x)))
+        h = h + self.temb(temb)[:, :, None, None]
+        h = self.conv2(torch.nn.functional.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class UNet(nn.Module):
+    """A small two-level U-Net for square images whose side is divisible by 4 (8x8, 32x32).
+
+    Parameters
+    ----------
+    data_shape : ``(channels, height, width)``
+    base : int, channels at full resolution (doubled at each level)
+    time_dim : int, size of the sinusoidal embedding
+    groups : int, GroupNorm groups
+    """
+
+    def __init__(self, data_shape, base: int = 32, time_dim: int = 64, groups: int = 8):
+        super().__init__()
+        if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:
+            raise ValueError(f"data_shape must be (channels, height, width) with sides divisible by 4, got {tuple(data_shape)}")
+        self.data_shape = tuple(data_shape)
+        self.config = dict(kind="unet", data_shape=list(self.data_shape), base=base, time_dim=time_dim, groups=groups)
+        c = data_shape[0]
+        self.time_dim = time_dim
+        temb = 4 * base
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.conv_in = nn.Conv2d(c, base, 3, padding=1)
+        self.down1 = _ResBlock(base, base, temb, groups)
+        self.pool1 = nn.Conv2d(base, base, 3, stride=2, padding=1)
+        self.down2 = _ResBlock(base, 2 * base, temb, groups)
+        self.pool2 = nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1)
+        self.mid = _ResBlock(2 * base, 2 * base, temb, groups)
+        self.up2 = nn.ConvTranspose2d(2 * base, 2 * base, 4, stride=2, padding=1)
+        self.dec2 = _ResBlock(4 * base, 2 * base, temb, groups)
+        self.up1 = nn.ConvTranspose2d(2 * base, base, 4, stride=2, padding=1)
+        self.dec1 = _ResBlock(2 * base, base, temb, groups)
+        self.conv_out = nn.Sequential(nn.GroupNorm(min(groups, base), base), nn.SiLU(), nn.Conv2d(base, c, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        temb = self.time_mlp(time_embedding(t, self.time_dim, x.shape[0], x.device, x.dtype))
+        h1 = self.down1(self.conv_in(x), temb)              # full resolution
+        h2 = self.down2(self.pool1(h1), temb)               # 1/2
+        h = self.mid(self.pool2(h2), temb)                  # 1/4
+        h = self.dec2(torch.cat([self.up2(h), h2], 1), temb)
+        h = self.dec1(torch.cat([self.up1(h), h1], 1), temb)
+        return self.conv_out(h)
+
+
+def build_net(config: dict) -> nn.Module:
+    """Rebuild a network from its ``config`` dict (as stored in checkpoints)."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind == "mlp":
+        return MLPScoreNet(**config)
+    if kind == "unet":
+        return UNet(**config)
+    raise ValueError(f"config['kind'] must be 'mlp' or 'unet', got {kind!r}")
