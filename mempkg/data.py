@@ -25,6 +25,7 @@ __all__ = [
     "split",
     "random_points",
     "subspace_gaussian",
+    "von_mises_mixture",
 ]
 
 DATASETS = ("digits", "cifar10")
@@ -165,16 +166,19 @@ def cifar10(
 
 
 def load(name: str, n: int | None = None, data_root=None, **kwargs):
-    """Load a data set by name: ``"digits"`` or ``"cifar10"`` (which needs ``data_root``).
+    """Load a data set by name: ``"digits"``, ``"cifar10"`` (which needs ``data_root``) or
+    ``"von_mises_mixture"`` (generated; needs ``n``).
 
-    This is the switch chapters use for their ``dataset`` parameter; keyword arguments go to
-    :func:`digits` or :func:`cifar10`.
+    This is the switch chapters use for their ``dataset`` parameter and recipes for their data;
+    keyword arguments go to :func:`digits`, :func:`cifar10` or :func:`von_mises_mixture`.
     """
     if name == "digits":
         return digits(n=n, **kwargs)
     if name == "cifar10":
         return cifar10(data_root, n=n, **kwargs)
-    raise ValueError(f"dataset must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+    if name == "von_mises_mixture":
+        return von_mises_mixture(n, **kwargs)
+    raise ValueError(f"dataset must be one of {', '.join(map(repr, DATASETS + ('von_mises_mixture',)))}, got {name!r}")
 
 
 def random_points(n: int, dim: int = 2, radius: float = 1.0, min_separation: float = 0.0, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -220,3 +224,43 @@ def subspace_gaussian(n: int, dim: int, k: int, scale: float = 1.0, seed: int = 
     basis = basis[:, :k]
     x = scale * torch.randn(n, k, generator=g, dtype=torch.float64) @ basis.T
     return x.to(dtype), basis.to(dtype)
+
+
+def von_mises_mixture(n: int, kappa: float = 2.0, mu: float = 0.0, origin_weight: float = 0.2, radius: float = 1.0,
+                      isolated: float | None = None, seed: int = 0, dtype=torch.float32, return_labels: bool = False):
+    """Samples of seed 004's Fig. 4 distribution in ``R^2``: a von Mises law on a circle plus a point mass.
+
+    With probability ``origin_weight`` a point is the origin (a point mass: ``LID_* = 0``); otherwise
+    it is ``radius (cos theta, sin theta)`` with ``theta ~ VonMises(mu, kappa)`` (``LID_* = 1``).
+
+    Parameters
+    ----------
+    n : int, number of points
+    kappa, mu : concentration and mean angle of the von Mises law
+    origin_weight : float in [0, 1)
+    isolated : float, optional
+        Replace the last circle point by one at this angle. Seed 004's isolated training point arose
+        by chance ("a single point x0 sits isolated in a low-density region"); placing it at the
+        least likely angle (``mu + pi``) reproduces that situation deterministically.
+    seed : int
+    return_labels : bool
+        Also return ``LID_*`` of each point (0 at the origin, 1 on the circle), a long tensor.
+    """
+    n = check_positive_int(n, "n")
+    kappa = check_positive(kappa, "kappa")
+    radius = check_positive(radius, "radius")
+    if not 0 <= origin_weight < 1:
+        raise ValueError(f"origin_weight must lie in [0, 1), got {origin_weight!r}")
+    rng = np.random.default_rng(seed)
+    at_origin = rng.uniform(size=n) < origin_weight
+    theta = rng.vonmises(mu, kappa, size=n)
+    if isolated is not None:
+        on_circle = np.flatnonzero(~at_origin)
+        if len(on_circle) == 0:
+            raise ValueError("isolated needs at least one point on the circle")
+        theta[on_circle[-1]] = isolated
+    x = radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    x[at_origin] = 0.0
+    x = torch.as_tensor(x, dtype=dtype)
+    labels = torch.as_tensor((~at_origin).astype(np.int64))
+    return (x, labels) if return_labels else x

@@ -7,7 +7,10 @@
 * :func:`memorized_indices` -- the training images that a set of generations copies, by
   thresholding the calibrated l2.
 
-Later chapters add AMS/UMS (seed 002, Eqs. 14-15) and PNG complexity (seed 004, App. C.2) here.
+* :func:`png_complexity` -- the length of an image's PNG encoding, a proxy for its complexity
+  (seed 004, App. C.2).
+
+Later chapters add AMS/UMS (seed 002, Eqs. 14-15) here.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 
 from ._checks import check_positive, check_positive_int
 
-__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "COPY_THRESHOLD"]
+__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "png_complexity", "COPY_THRESHOLD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
 #: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
@@ -103,3 +106,31 @@ def memorized_indices(gen: torch.Tensor, train: torch.Tensor, threshold: float =
     threshold = check_positive(threshold, "threshold")
     ratio, nearest = normalized_l2(gen, train, alpha=alpha, n_neighbors=n_neighbors)
     return torch.unique(nearest[ratio < threshold], return_counts=return_counts)
+
+
+def png_complexity(images: torch.Tensor) -> torch.Tensor:
+    """Length in bytes of each image's lossless PNG encoding at maximum compression (level 9).
+
+    Seed 004 (App. C.2) divides LID estimates by this length to remove image complexity as a
+    confounder of memorization (simple images have low LID and are memorized more). Images are
+    ``(n, c, h, w)`` in [-1, 1] (``c`` = 1 or 3), quantised to 8 bits. Seed 004 uses OpenCV's
+    encoder; this uses Pillow's, so absolute lengths differ slightly (they rank images alike).
+
+    Returns
+    -------
+    long tensor ``(n,)``.
+    """
+    import io
+
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, 1 or 3, h, w), got {tuple(images.shape)}")
+    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    lengths = []
+    for img in arr:
+        pil = Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy())
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG", compress_level=9)
+        lengths.append(len(buf.getvalue()))
+    return torch.tensor(lengths)

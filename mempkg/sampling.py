@@ -92,6 +92,18 @@ def denoise(score, sde: VPSDE, x: torch.Tensor, t) -> torch.Tensor:
     return (x + sde.v(tt) * score(x, t)) / sde.alpha(tt)
 
 
+def _prior_start(sde, shape, t_end, generator, dtype, device, noise=None):
+    """Validate ``t_end`` in (0, 1) and return the starting noise at t = 1 (given or drawn)."""
+    t_end = check_time(t_end, "t_end")
+    if t_end >= 1:
+        raise ValueError(f"t_end must be < 1, got {t_end}")
+    if noise is None:
+        return sde.prior_sample(shape, generator=generator, dtype=dtype, device=device), t_end
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+    return noise, t_end
+
+
 @torch.no_grad()
 def sample_ode(
     score,
@@ -128,15 +140,7 @@ def sample_ode(
     -------
     tensor of shape ``shape``.
     """
-    t_end = check_time(t_end, "t_end")
-    if t_end >= 1:
-        raise ValueError(f"t_end must be < 1, got {t_end}")
-    if noise is None:
-        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
-    elif tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
-    else:
-        x = noise
+    x, t_end = _prior_start(sde, shape, t_end, generator, dtype, device, noise)
     x = integrate(sde, score, x, 1.0, t_end, n_steps, method=method, grid=grid, progress=progress)
     return denoise(score, sde, x, t_end) if final_denoise else x
 
@@ -159,11 +163,8 @@ def sample_sde(
 
     Euler-Maruyama from t = 1 to ``t_end`` on ``n_steps`` steps of the chosen grid.
     """
-    t_end = check_time(t_end, "t_end")
-    if t_end >= 1:
-        raise ValueError(f"t_end must be < 1, got {t_end}")
+    x, t_end = _prior_start(sde, shape, t_end, generator, dtype, device)
     taus = time_grid(1.0, t_end, n_steps, grid).tolist()
-    x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     for k in tqdm(range(n_steps), disable=not progress, desc="reverse SDE", leave=False):
         ta, h = taus[k], taus[k] - taus[k + 1]  # h > 0: the step backwards in time
         beta = sde.beta(ta)

@@ -15,6 +15,8 @@ This module provides the exact ones:
   (possibly rank-deficient) covariance: ``p_t = N(alpha mu, alpha^2 Sigma + v I)``. It also
   provides the closed-form solution of the probability-flow ODE (:meth:`GaussianScore.flow_map`).
 * :class:`MixtureScore` -- a weighted mixture of components that know their log-density.
+* :class:`SphereScore` -- the uniform distribution on a circle or a 2-sphere embedded in R^d,
+  noised (closed form with Bessel / hyperbolic functions): a curved manifold of known dimension.
 
 and the learned one, :class:`NetworkScore`, which reads a network's output as a predicted noise
 (``"eps"``) or a predicted clean image (``"x0"``) and converts it to a score.
@@ -31,7 +33,7 @@ import torch
 from ._checks import as_time_tensor, check_choice, check_positive_int, check_time
 from .sde import VPSDE
 
-__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "NetworkScore", "PARAMETERIZATIONS"]
+__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "PARAMETERIZATIONS"]
 
 PARAMETERIZATIONS = ("eps", "x0")
 
@@ -395,6 +397,88 @@ class MixtureScore(_ExactScore):
                 out = torch.empty(n, *self.data_shape, dtype=draw.dtype, device=draw.device)
             out[idx] = draw
         return out
+
+
+class SphereScore(_ExactScore):
+    """Exact score of the uniform distribution on a ``k``-sphere (``k`` = 1 or 2) in ``R^d``, noised.
+
+    The sphere of radius ``R`` lies in the first ``k + 1`` coordinates. Writing ``x = (u, w)`` with
+    ``u`` those coordinates, the marginal at time t factorises as ``N(w; 0, v I)`` times
+
+    ``p(u) = (2 pi v)^{-(k+1)/2} exp(-(|u|^2 + alpha^2 R^2) / (2 v)) A_k(z)``,  ``z = alpha R |u| / v``,
+
+    where ``A_k(z)`` is the average of ``exp(z cos)`` over the sphere: ``I_0(z)`` for the circle and
+    ``sinh(z) / z`` for the 2-sphere. Hence ``s(x) = -x / v + (alpha R / v) (A_k'/A_k)(z) u/|u|``,
+    with ``A_1'/A_1 = I_1/I_0`` and ``A_2'/A_2 = coth z - 1/z``. Every point of the sphere has
+    ``LID = k``: a curved test case for LID estimators (chapter 9).
+
+    Parameters
+    ----------
+    k : {1, 2}, the dimension of the sphere
+    ambient : int >= k + 1, the dimension d of the space
+    sde : VPSDE
+    radius : float > 0
+    """
+
+    def __init__(self, k: int, ambient: int, sde: VPSDE, radius: float = 1.0):
+        if k not in (1, 2):
+            raise ValueError(f"k must be 1 (circle) or 2 (sphere), got {k!r}")
+        ambient = check_positive_int(ambient, "ambient")
+        if ambient < k + 1:
+            raise ValueError(f"ambient must be at least k + 1 = {k + 1}, got {ambient}")
+        if not radius > 0:
+            raise ValueError(f"radius must be > 0, got {radius!r}")
+        self.k, self.sde, self.radius = k, sde, float(radius)
+        self.data_shape = (ambient,)
+
+    def __repr__(self) -> str:
+        return f"SphereScore(k={self.k}, ambient={self.dim}, radius={self.radius:g}, sde={self.sde!r})"
+
+    def _parts(self, x, t):
+        xf = self._flatten(x)
+        alpha, v = self._schedule(xf, t)
+        u = xf[:, : self.k + 1]
+        r = u.norm(dim=1, keepdim=True).clamp_min(1e-300 if xf.dtype == torch.float64 else 1e-30)
+        z = alpha * self.radius * r / v
+        return xf, alpha, v, u, r, z
+
+    def _log_a(self, z):
+        if self.k == 1:
+            return torch.log(torch.special.i0e(z)) + z
+        # log(sinh z / z), stable for small and large z
+        return z + torch.log(-torch.expm1(-2 * z) / (2 * z)).where(z > 1e-4, torch.log1p(z * z / 6) - z)
+
+    def _ratio(self, z):
+        if self.k == 1:
+            return torch.special.i1e(z) / torch.special.i0e(z)
+        small = z < 1e-3
+        zs = torch.where(small, torch.ones_like(z), z)
+        return torch.where(small, z / 3, 1 / torch.tanh(zs) - 1 / zs)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        xf, alpha, v, u, r, z = self._parts(x, t)
+        radial = (alpha * self.radius / v) * self._ratio(z) * u / r
+        out = -xf / v
+        out = torch.cat([out[:, : self.k + 1] + radial, out[:, self.k + 1:]], dim=1)
+        return out.reshape(x.shape)
+
+    def log_prob(self, x: torch.Tensor, t) -> torch.Tensor:
+        xf, alpha, v, u, r, z = self._parts(x, t)
+        v1 = v[:, 0]
+        return (-(xf.pow(2).sum(1) + (alpha[:, 0] * self.radius) ** 2) / (2 * v1)
+                - 0.5 * self.dim * torch.log(2 * math.pi * v1) + self._log_a(z)[:, 0])
+
+    def sample(self, n: int, t, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
+        """``n`` points of the marginal at time ``t`` (``t = 0``: uniform on the sphere)."""
+        n = check_positive_int(n, "n")
+        check_time(t, allow_zero=True)
+        g = torch.randn(n, self.k + 1, generator=generator, dtype=dtype)
+        on = torch.zeros(n, self.dim, dtype=dtype)
+        on[:, : self.k + 1] = self.radius * g / g.norm(dim=1, keepdim=True)
+        t = float(t)
+        if t == 0:
+            return on
+        return self.sde.perturb(on, t, generator=generator)
 
 
 class NetworkScore:

@@ -93,3 +93,15 @@ def test_random_points_and_subspace_gaussian():
     assert torch.linalg.matrix_rank(x).item() == 2
     with pytest.raises(ValueError, match="k must be at most"):
         data.subspace_gaussian(10, 3, 4)
+
+
+def test_von_mises_mixture_puts_points_on_the_circle_and_at_the_origin():
+    x, lid = data.von_mises_mixture(500, kappa=3.0, origin_weight=0.3, isolated=3.0, seed=1, return_labels=True)
+    r = x.norm(dim=1)
+    assert torch.allclose(r[lid == 1], torch.ones(int((lid == 1).sum())), atol=1e-6)
+    assert (r[lid == 0] == 0).all() and 0.2 < (lid == 0).float().mean() < 0.4
+    last = int((lid == 1).nonzero().max())
+    assert torch.allclose(x[last], torch.tensor([torch.cos(torch.tensor(3.0)), torch.sin(torch.tensor(3.0))]), atol=1e-6)
+    assert torch.equal(x, data.load("von_mises_mixture", n=500, kappa=3.0, origin_weight=0.3, isolated=3.0, seed=1))
+    with pytest.raises(ValueError, match="origin_weight"):
+        data.von_mises_mixture(10, origin_weight=1.0)

@@ -52,3 +52,16 @@ def test_memorized_indices_thresholds_the_ratio():
         normalized_l2(gen, train, n_neighbors=61)
     with pytest.raises(ValueError, match="threshold"):
         memorized_indices(gen, train, threshold=0)
+
+
+def test_png_complexity_ranks_flat_images_below_noisy_ones():
+    from mempkg.metrics import png_complexity
+
+    flat = -torch.ones(2, 1, 8, 8)
+    noisy = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rgb = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    lengths = png_complexity(torch.cat([flat, noisy]))
+    assert lengths.dtype == torch.long and (lengths[:2] < lengths[2:]).all()
+    assert png_complexity(rgb).item() > png_complexity(torch.zeros(1, 3, 16, 16)).item()
+    with pytest.raises(ValueError, match="images must have shape"):
+        png_complexity(torch.zeros(2, 8, 8))

@@ -1,0 +1,302 @@
+"""Local intrinsic dimension (LID) estimators (seed 004, Ross et al., Section 4 and App. B-C).
+
+The manifold memorization hypothesis compares the dimension of the model's manifold at a point,
+``LID_theta(x)``, with that of the data manifold, ``LID_*(x)``. This module estimates both:
+
+* :func:`flipd` -- FLIPD (Kamkari et al. 2024; seed 004, Eq. 6), from a score function:
+  ``d + v(t0) (tr grad s(alpha x, t0) + |s(alpha x, t0)|^2)``; the trace exactly
+  (``n_probes=None``) or by Hutchinson's estimator with ``n_probes`` Rademacher probes.
+* :func:`normal_bundle` -- the normal-bundle estimator (Stanczuk et al. 2024; seed 004,
+  Eqs. 7-8): scores at ``K`` noisy copies of ``x`` span the normal space; ``d`` minus their rank.
+* :func:`lpca` -- local PCA on a data set (Fukunaga & Olsen 1971; seed 004, App. B.2 and C.1):
+  the number of significant explained variances in each point's neighbourhood.
+* :func:`jacobian_rank` -- the rank of a decoder's Jacobian (seed 004, App. B.3), for GAN-like
+  models ``x = G(z)``.
+
+All work on batches (``(batch, *data_shape)``), on any device, in float32 or float64, and with
+any score callable (exact scores give analytic Jacobian-vector products).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_choice, check_positive, check_positive_int, check_time
+from .sde import VPSDE
+from .volume import score_jvp
+
+__all__ = ["flipd", "flipd_closed_form_subspace", "normal_bundle", "rank_by_gap", "lpca", "knn_indices", "jacobian_rank"]
+
+
+def _rademacher(shape, generator, dtype, device):
+    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+
+
+@torch.no_grad()
+def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | None = 1,
+          generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
+    """FLIPD estimate of ``LID_theta(x)`` (seed 004, Eq. 6; Kamkari et al. 2024).
+
+    ``FLIPD(x, t0) = d + v(t0) (tr grad s(alpha(t0) x, t0) + |s(alpha(t0) x, t0)|^2)``.
+
+    For a network score with an ``"eps"`` reading (:class:`~mempkg.score.NetworkScore`) it is
+    computed as ``d - sigma tr(d eps / dx) + |eps|^2``, which is the same quantity without the
+    division by ``sigma`` (better conditioned at small ``t0``).
+
+    Parameters
+    ----------
+    score : callable ``score(x, t)``
+    x : tensor ``(batch, *data_shape)``: the points whose LID is estimated (clean, at t = 0)
+    sde : VPSDE
+    t0 : float in (0, 1]
+        The noise level. FLIPD -> LID as ``t0 -> 0`` for an exact score; on trained models it
+        depends strongly on ``t0`` (0.05 in seed 004's Stable Diffusion runs).
+    n_probes : int or None
+        Hutchinson probes for the trace (Rademacher vectors); ``None`` for the exact trace
+        (``d`` Jacobian-vector products per point).
+    generator : torch.Generator, optional, for the probes
+    chunk_size : int, tangents pushed at once (memory ``batch * chunk_size * d``)
+
+    Returns
+    -------
+    tensor ``(batch,)``
+
+    References
+    ----------
+    Seed 004, Eq. 6 and App. B.1, C.1; Hutchinson (1989).
+    """
+    t0 = check_time(t0, "t0")
+    if n_probes is not None:
+        n_probes = check_positive_int(n_probes, "n_probes")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    alpha, v, sigma = sde.alpha(t0), sde.v(t0), sde.sigma(t0)
+    y = alpha * x
+    eps_form = getattr(score, "parameterization", None) == "eps" and hasattr(score, "predict_eps")
+    if eps_form:
+        field, out = (lambda z, t: score.predict_eps(z, t)), score.predict_eps(y, t0)
+    else:
+        field, out = score, score(y, t0)
+    trace = torch.zeros(b, dtype=x.dtype, device=x.device)
+    if n_probes is None:
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        for start in range(0, d, chunk_size):
+            basis = eye[start:start + chunk_size]                                     # (k, d)
+            tangents = basis.expand(b, *basis.shape).reshape(b, basis.shape[0], *x.shape[1:])
+            jv = score_jvp(field, y, t0, tangents).reshape(b, basis.shape[0], d)
+            trace += (jv * basis).sum((1, 2))
+    else:
+        done = 0
+        while done < n_probes:
+            k = min(chunk_size, n_probes - done)
+            probes = _rademacher((b, k, *x.shape[1:]), generator, x.dtype, x.device)
+            jv = score_jvp(field, y, t0, probes)
+            trace += (jv * probes).reshape(b, k, d).sum(2).sum(1)
+            done += k
+        trace = trace / n_probes
+    sq = out.reshape(b, d).pow(2).sum(1)
+    if eps_form:
+        return d - sigma * trace + sq
+    return d + v * (trace + sq)
+
+
+def flipd_closed_form_subspace(x: torch.Tensor, k: int, sde: VPSDE, t0: float) -> torch.Tensor:
+    """Exact FLIPD for data ``N(0, P)``, ``P`` the projector on a ``k``-dim subspace, at ``x`` on it.
+
+    The score of the noised data at ``y`` is ``-(P y + (I - P) y / v)`` (because ``alpha^2 + v = 1``),
+    so ``tr grad s = -(k + (d - k)/v)`` and ``|s(alpha x)|^2 = alpha^2 |x|^2``, hence
+    ``FLIPD = alpha^2 (k + v |x|^2)``: it tends to ``k`` as ``t0 -> 0``.
+    """
+    t0 = check_time(t0, "t0")
+    return sde.alpha(t0) ** 2 * (k + sde.v(t0) * x.reshape(x.shape[0], -1).pow(2).sum(1))
+
+
+def rank_by_gap(singular_values: torch.Tensor) -> torch.Tensor:
+    """Numerical rank by the largest gap between consecutive singular values (per row).
+
+    Singular values (descending, shape ``(batch, m)``) are normalised by the largest and a zero
+    is appended, so every rank from 1 to ``m`` can be returned (full rank when the smallest
+    singular value stands clear of zero).
+    """
+    sv = singular_values / singular_values[:, :1].clamp_min(torch.finfo(singular_values.dtype).tiny)
+    sv = torch.cat([sv, torch.zeros_like(sv[:, :1])], dim=1)
+    return (sv[:, :-1] - sv[:, 1:]).argmax(1) + 1
+
+
+@torch.no_grad()
+def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples: int | None = None,
+                  threshold: float | None = None, center: bool = False, generator: torch.Generator | None = None,
+                  return_singular_values: bool = False):
+    """Normal-bundle estimate of ``LID_theta(x)`` (Stanczuk et al. 2024; seed 004, Eqs. 7-8).
+
+    Draws ``K = n_samples`` noisy copies ``x_t = alpha(t0) x + sigma(t0) eps`` of each point, stacks
+    their scores into a ``K x d`` matrix whose rows approximately span the normal space of the
+    model's manifold at ``x``, and returns ``d - rank``.
+
+    Parameters
+    ----------
+    score : callable ``score(x, t)``
+    x : tensor ``(batch, *data_shape)``
+    sde : VPSDE
+    t0 : float in (0, 1] (0.1 in seed 004's CIFAR-10 runs)
+    n_samples : int, default ``4 d`` (Stanczuk et al.'s recommendation)
+    threshold : float, optional
+        Count singular values above this value (relative to each point's largest singular value)
+        as the rank. When omitted, the rank is placed at the largest gap (:func:`rank_by_gap`).
+        The gap rule needs the ``d - LID`` normal singular values (all of order ``sqrt(K)/sigma``)
+        to be close to each other compared with the drop to the tangent ones (of order
+        ``sqrt(K)``): true for ``K = 4d`` when ``d`` is in the tens or more, not in ``d`` of a few,
+        where ``K`` of a few hundred is needed.
+        Seed 004 thresholds at the 10th percentile of all singular values: compute them with
+        ``return_singular_values=True`` and pass the percentile.
+    center : bool
+        Subtract the mean score first. For a point slightly off the model's manifold all scores
+        share a component pointing back to it, which adds one to the rank; centring removes it.
+    generator : torch.Generator, optional
+    return_singular_values : bool
+        Also return the singular values, normalised by each point's largest, ``(batch, min(K, d))``.
+
+    Returns
+    -------
+    long tensor ``(batch,)`` (and the singular values).
+    """
+    t0 = check_time(t0, "t0")
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    k = 4 * d if n_samples is None else check_positive_int(n_samples, "n_samples")
+    if threshold is not None:
+        threshold = check_positive(threshold, "threshold")
+    lids, svs = [], []
+    for i in range(b):
+        noise = torch.randn(k, *x.shape[1:], generator=generator, dtype=x.dtype, device=x.device)
+        xt = sde.alpha(t0) * x[i:i + 1] + sde.sigma(t0) * noise
+        s = score(xt, t0).reshape(k, d)
+        if center:
+            s = s - s.mean(0, keepdim=True)
+        sv = torch.linalg.svdvals(s)[None]
+        sv = sv / sv[:, :1].clamp_min(torch.finfo(sv.dtype).tiny)
+        rank = rank_by_gap(sv) if threshold is None else (sv > threshold).sum(1)
+        lids.append(d - rank)
+        svs.append(sv)
+    lid = torch.cat(lids)
+    return (lid, torch.cat(svs)) if return_singular_values else lid
+
+
+def _local_spectra(data: torch.Tensor, neighbourhoods: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Explained variances (descending, denominator m - 1) of each neighbourhood's centred points.
+
+    Values below ``1e-12`` times the largest are rounding noise of exactly flat directions and are
+    set to zero, so that exact low-dimensional data get exact answers.
+    """
+    out = []
+    for idx in neighbourhoods:
+        pts = data[idx]
+        if len(pts) < 2:
+            out.append(torch.zeros(1, dtype=data.dtype, device=data.device))
+            continue
+        ev = torch.linalg.svdvals(pts - pts.mean(0, keepdim=True)) ** 2 / (len(pts) - 1)
+        out.append(torch.where(ev > 1e-12 * ev[0], ev, torch.zeros_like(ev)))
+    return out
+
+
+def knn_indices(data: torch.Tensor, n_neighbors: int, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the ``n_neighbors`` nearest points of ``data`` to each query (self excluded when
+    ``x`` is None), sorted by distance: the neighbourhoods :func:`lpca` uses."""
+    return _knn(data, n_neighbors, x)[1]
+
+
+def _knn(data, n_neighbors, x):
+    n = data.shape[0]
+    n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
+    limit = n - 1 if x is None else n
+    if n_neighbors > limit:
+        raise ValueError(f"n_neighbors must be at most {limit} (the number of candidate neighbours), got {n_neighbors}")
+    flat = data.reshape(n, -1).double()
+    queries = flat if x is None else x.reshape(x.shape[0], -1).to(flat)
+    dist = torch.cdist(queries, flat, compute_mode="donot_use_mm_for_euclid_dist")
+    if x is None:
+        dist.fill_diagonal_(float("inf"))
+    return torch.topk(dist, n_neighbors, dim=1, largest=False)
+
+
+@torch.no_grad()
+def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 100, version: str = "fo",
+         alpha: float = 0.05, variance_quantile: float = 0.1, distance_quantile: float = 0.1,
+         neighbors: torch.Tensor | None = None) -> torch.Tensor:
+    """Local PCA estimate of ``LID_*`` (Fukunaga & Olsen 1971; seed 004, App. B.2 and C.1).
+
+    Each query point's neighbourhood is its ``n_neighbors`` nearest points of ``data``
+    (itself excluded when the queries are the data set, ``x=None``); the neighbourhood is centred
+    and its explained variances ``lambda_1 >= lambda_2 >= ...`` (denominator ``m - 1``) computed.
+
+    ``version="fo"``
+        Fukunaga-Olsen: the number of ``lambda_i > alpha * lambda_1``. This is scikit-dimension's
+        ``lPCA(ver="FO", alphaFO=alpha).fit_pw(data, n_neighbors=n_neighbors)`` (the tests check
+        pointwise agreement).
+    ``version="ross"``
+        Seed 004's modification (App. C.1): one global threshold, the ``variance_quantile``
+        quantile of all explained variances of all neighbourhoods; and the neighbourhood
+        restricted to the neighbours closer than the ``distance_quantile`` quantile of all
+        pairwise distances, when there are any. Duplicated points then get LID 0.
+
+    Parameters
+    ----------
+    data : tensor ``(n, *data_shape)``
+    x : tensor ``(batch, *data_shape)``, optional: query points (default: every point of ``data``)
+    n_neighbors : int, at most ``n - 1`` (queries from the data) or ``n``
+    neighbors : long tensor ``(batch, k)``, optional
+        Precomputed neighbourhoods (indices into ``data``), e.g. to compare with another
+        implementation on exactly the same neighbourhoods; ``"fo"`` only.
+
+    Returns
+    -------
+    long tensor ``(batch,)``.
+    """
+    check_choice(version, "version", ("fo", "ross"))
+    n = data.shape[0]
+    flat = data.reshape(n, -1).double()
+    if neighbors is not None:
+        if version != "fo":
+            raise ValueError("neighbors can only be given with version='fo'")
+        spectra = _local_spectra(flat, list(torch.as_tensor(neighbors)))
+        return torch.tensor([int((s > alpha * s[0]).sum()) for s in spectra], device=data.device)
+    dknn, knn = _knn(data, n_neighbors, x)
+    if version == "fo":
+        spectra = _local_spectra(flat, list(knn))
+        return torch.tensor([int((s > alpha * s[0]).sum()) for s in spectra], device=data.device)
+    pairwise = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
+    iu = torch.triu_indices(n, n, 1)
+    radius = torch.quantile(pairwise[iu[0], iu[1]], distance_quantile)
+    hoods = [row_i[row_d <= radius] if bool((row_d <= radius).any()) else row_i for row_d, row_i in zip(dknn, knn)]
+    spectra = _local_spectra(flat, hoods)
+    tau = torch.quantile(torch.cat(spectra), variance_quantile)
+    return torch.tensor([int((s > tau).sum()) for s in spectra], device=data.device)
+
+
+def jacobian_rank(decoder, z: torch.Tensor, threshold: float | None = None, return_singular_values: bool = False):
+    """Rank of the decoder's Jacobian ``dG/dz`` at each latent ``z`` (seed 004, App. B.3).
+
+    Parameters
+    ----------
+    decoder : callable mapping ``(batch, *latent_shape)`` to ``(batch, *data_shape)``
+    z : tensor ``(batch, *latent_shape)``
+    threshold : float, optional
+        Singular values above it count. When omitted, the numerical rank at the default tolerance
+        ``max(sv) * max(D, d') * eps`` (which, seed 004 notes, usually equals the latent dimension:
+        they threshold at the 10th percentile of all singular values instead).
+    return_singular_values : bool
+
+    Returns
+    -------
+    long tensor ``(batch,)`` (and the singular values ``(batch, min(D, d'))``).
+    """
+    ranks, svs = [], []
+    for i in range(z.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda w: decoder(w[None]).reshape(-1), z[i])
+        jac = jac.reshape(jac.shape[0], -1)
+        sv = torch.linalg.svdvals(jac)
+        tol = threshold if threshold is not None else sv.max() * max(jac.shape) * torch.finfo(sv.dtype).eps
+        ranks.append(int((sv > tol).sum()))
+        svs.append(sv)
+    ranks = torch.tensor(ranks, device=z.device)
+    return (ranks, torch.stack(svs)) if return_singular_values else ranks

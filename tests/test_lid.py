@@ -1,0 +1,147 @@
+"""LID estimators: closed forms on subspace Gaussians and spheres, then behaviour, then errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mempkg import VPSDE, EmpiricalScore, GaussianScore
+from mempkg.data import digits, subspace_gaussian
+from mempkg.lid import flipd, flipd_closed_form_subspace, jacobian_rank, knn_indices, lpca, normal_bundle, rank_by_gap
+from mempkg.nets import MLPScoreNet
+from mempkg.score import NetworkScore, SphereScore
+
+SDE = VPSDE()
+F64 = torch.float64
+
+
+def subspace_model(d, k, seed=0):
+    x, basis = subspace_gaussian(64, d, k, seed=seed)
+    return x, GaussianScore(torch.zeros(d, dtype=F64), basis @ basis.T, SDE)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 8])
+@pytest.mark.parametrize("t0", [1e-4, 1e-2, 0.05, 0.5])
+def test_exact_trace_flipd_matches_the_closed_form(k, t0):
+    x, model = subspace_model(12, k, seed=k)
+    exact = flipd(model, x, SDE, t0=t0, n_probes=None, chunk_size=5)
+    closed = flipd_closed_form_subspace(x, k, SDE, t0)
+    assert torch.allclose(exact, closed, rtol=1e-4, atol=1e-9)
+
+
+def test_flipd_tends_to_k_as_t0_vanishes():
+    x, model = subspace_model(10, 4)
+    assert torch.allclose(flipd(model, x, SDE, t0=1e-4, n_probes=None), torch.full((64,), 4.0, dtype=F64), atol=1e-2)
+
+
+def test_hutchinson_is_unbiased_within_its_standard_error():
+    x, model = subspace_model(10, 3)
+    point = x[:1].expand(4000, 10)
+    draws = flipd(model, point, SDE, t0=0.05, n_probes=1, generator=torch.Generator().manual_seed(0))
+    exact = flipd(model, x[:1], SDE, t0=0.05, n_probes=None).item()
+    se = draws.std().item() / math.sqrt(len(draws))
+    assert abs(draws.mean().item() - exact) < 4 * se
+    many = flipd(model, x[:1], SDE, t0=0.05, n_probes=4000, generator=torch.Generator().manual_seed(1)).item()
+    assert abs(many - exact) < 4 * draws.std().item() / math.sqrt(4000)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_flipd_and_normal_bundle_on_spheres(k):
+    model = SphereScore(k, 6, SDE)
+    x = model.sample(8, 0.0, generator=torch.Generator().manual_seed(k))
+    assert torch.allclose(flipd(model, x, SDE, t0=1e-3, n_probes=None), torch.full((8,), float(k), dtype=F64), atol=1e-2)
+    # in d = 6 the default K = 4d = 24 samples leave the normal singular values too uneven for the
+    # largest-gap rule (see normal_bundle's docstring); 200 samples resolve them
+    nb = normal_bundle(model, x, SDE, t0=1e-2, n_samples=200, generator=torch.Generator().manual_seed(0))
+    assert nb.tolist() == [k] * 8
+
+
+def test_empirical_score_is_zero_dimensional_at_training_points():
+    train = digits(32, dtype=F64)
+    model = EmpiricalScore(train, SDE)
+    assert flipd(model, train[:6], SDE, t0=0.01, n_probes=None).abs().max().item() < 1e-6
+    assert normal_bundle(model, train[:3], SDE, t0=0.01, generator=torch.Generator().manual_seed(0)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_normal_bundle_recovers_k_on_linear_subspaces(k):
+    x, model = subspace_model(10, k, seed=k)
+    nb = normal_bundle(model, x[:6], SDE, t0=1e-3, generator=torch.Generator().manual_seed(0))
+    assert nb.tolist() == [k] * 6
+    nb_thr, sv = normal_bundle(model, x[:2], SDE, t0=1e-3, threshold=0.1, n_samples=80,
+                               generator=torch.Generator().manual_seed(0), return_singular_values=True)
+    assert nb_thr.tolist() == [k, k] and sv.shape == (2, 10)
+
+
+def test_rank_by_gap_can_return_full_rank():
+    assert rank_by_gap(torch.tensor([[1.0, 0.9, 0.8]])).item() == 3
+    assert rank_by_gap(torch.tensor([[1.0, 0.95, 0.01]])).item() == 2
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_lpca_recovers_k_on_linear_subspaces(k):
+    x, _ = subspace_gaussian(200, 12, k, seed=k)
+    assert (lpca(x, n_neighbors=40) == k).all()
+    assert (lpca(x, x=x[:5] + 0.0, n_neighbors=40) == k).all()
+
+
+def test_lpca_gives_zero_to_duplicated_points_in_the_ross_version():
+    """Restricting neighbourhoods to very close points isolates exact duplicates (LID 0). The
+    radius is a quantile of all pairwise distances: here 0.2 % of the pairs, fewer than the 30
+    zero-distance pairs the duplicates make, so the radius is 0."""
+    train = digits(150, dtype=F64)
+    with_dups = torch.cat([train, train[:5].repeat(3, 1, 1, 1)])
+    lid = lpca(with_dups, n_neighbors=30, version="ross", distance_quantile=0.002)
+    assert (lid[:5] == 0).all() and lid[5:150].float().mean() > 1
+
+
+def test_lpca_agrees_with_scikit_dimension_on_the_same_neighbourhoods():
+    skdim = pytest.importorskip("skdim")
+    data = digits(250, seed=3, dtype=F64).flatten(1)
+    knn = knn_indices(data, 40)
+    reference = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(data.numpy(), precomputed_knn=knn.numpy()).dimension_pw_
+    ours = lpca(data, neighbors=knn, alpha=0.05)
+    assert np.array_equal(ours.numpy(), reference)
+    assert torch.equal(lpca(data, n_neighbors=40), ours)
+
+
+def test_jacobian_rank_of_a_linear_decoder():
+    a = torch.randn(20, 3, dtype=F64) @ torch.randn(3, 5, dtype=F64)     # rank 3 map from R^5
+
+    def decoder(z):
+        return z @ a.T
+
+    ranks, sv = jacobian_rank(decoder, torch.randn(4, 5, dtype=F64), return_singular_values=True)
+    assert ranks.tolist() == [3] * 4 and sv.shape == (4, 5)
+    assert jacobian_rank(decoder, torch.randn(2, 5, dtype=F64), threshold=1e3).tolist() == [0, 0]
+
+
+def test_flipd_works_with_networks_in_both_parameterizations():
+    torch.manual_seed(0)
+    net = MLPScoreNet((1, 4, 4), hidden=16, n_blocks=1)
+    x = torch.randn(3, 1, 4, 4)
+    for param in ("eps", "x0"):
+        score = NetworkScore(net, SDE, param)
+        exact = flipd(score, x, SDE, t0=0.1, n_probes=None)
+        assert exact.shape == (3,) and torch.isfinite(exact).all()
+        hutch = flipd(score, x, SDE, t0=0.1, n_probes=2000, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(hutch, exact, atol=0.5)
+    eps_score = NetworkScore(net, SDE, "eps")
+    via_score = flipd(lambda z, t: eps_score(z, t), x, SDE, t0=0.1, n_probes=None)   # no eps shortcut
+    assert torch.allclose(via_score, flipd(eps_score, x, SDE, t0=0.1, n_probes=None), rtol=1e-4, atol=1e-3)
+    assert normal_bundle(NetworkScore(net, SDE, "x0"), x[:1], SDE, n_samples=32).shape == (1,)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda m, x: flipd(m, x, SDE, t0=0.0), "t0"),
+    (lambda m, x: flipd(m, x, SDE, t0=1.5), "t0"),
+    (lambda m, x: flipd(m, x, SDE, n_probes=0), "n_probes"),
+    (lambda m, x: normal_bundle(m, x, SDE, t0=-1.0), "t0"),
+    (lambda m, x: normal_bundle(m, x, SDE, n_samples=0), "n_samples"),
+    (lambda m, x: lpca(x, n_neighbors=64), "n_neighbors must be at most"),
+    (lambda m, x: lpca(x, n_neighbors=10, version="mle"), "version"),
+])
+def test_bad_arguments_raise_naming_the_parameter(call, name):
+    x, model = subspace_model(6, 2)
+    with pytest.raises(ValueError, match=name):
+        call(model, x)
