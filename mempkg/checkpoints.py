@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import tempfile
 import time
@@ -46,6 +47,27 @@ RECIPES: dict[str, dict] = {
         data=dict(name="digits", n=1000, seed=0, duplicate=dict(n=20, times=10, seed=1)),
         net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64),
         train=dict(n_steps=30_000, batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0),
+        init_seed=0,
+        threads=2,
+    ),
+    "vonmises_x0": dict(
+        description="Chapter 10's model in the plane: 100 points of a von Mises law on the unit circle "
+                    "(kappa = 4) plus a point mass at the origin (weight 0.2), one circle point placed "
+                    "opposite the mode; x0-prediction, cosine learning rate.",
+        data=dict(name="von_mises_mixture", n=100, kappa=4.0, mu=0.0, origin_weight=0.2, isolated=math.pi, seed=0),
+        net=dict(kind="mlp", data_shape=[2], hidden=128, n_blocks=3, time_dim=32),
+        train=dict(n_steps=40_000, batch_size=128, lr=2e-3, lr_schedule="cosine", parameterization="x0", snr_cap=5.0,
+                   t_min=1e-3, seed=0),
+        init_seed=0,
+        threads=1,
+    ),
+    "digits_rare3_x0": dict(
+        description="Chapter 12's class-conditional model: 100 digits of every class but 3, which has 5; "
+                    "x0-prediction, class labels dropped with probability 0.1 for classifier-free guidance.",
+        data=dict(name="digits_with_rare_class", rare=3, n_rare=5, n_per_class=100, seed=0),
+        net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64, n_classes=10),
+        train=dict(n_steps=20_000, batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0,
+                   label_dropout=0.1),
         init_seed=0,
         threads=2,
     ),
@@ -151,10 +173,11 @@ def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = Tru
         torch.manual_seed(recipe["init_seed"])
         net = build_net(recipe["net"])
         train_data = training_data(name)
+        labels = training_labels(name) if recipe["net"].get("n_classes") else None
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             train_score_model(net, train_data, VPSDE(), checkpoint=Path(tmp) / "resume.ckpt", progress=progress,
-                              **recipe["train"])
+                              labels=labels, **recipe["train"])
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ __all__ = [
     "random_points",
     "subspace_gaussian",
     "von_mises_mixture",
+    "digits_with_rare_class",
 ]
 
 DATASETS = ("digits", "cifar10")
@@ -178,7 +179,10 @@ def load(name: str, n: int | None = None, data_root=None, **kwargs):
         return cifar10(data_root, n=n, **kwargs)
     if name == "von_mises_mixture":
         return von_mises_mixture(n, **kwargs)
-    raise ValueError(f"dataset must be one of {', '.join(map(repr, DATASETS + ('von_mises_mixture',)))}, got {name!r}")
+    if name == "digits_with_rare_class":
+        return digits_with_rare_class(**kwargs)
+    names = DATASETS + ("von_mises_mixture", "digits_with_rare_class")
+    raise ValueError(f"dataset must be one of {', '.join(map(repr, names))}, got {name!r}")
 
 
 def random_points(n: int, dim: int = 2, radius: float = 1.0, min_separation: float = 0.0, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -264,3 +268,28 @@ def von_mises_mixture(n: int, kappa: float = 2.0, mu: float = 0.0, origin_weight
     x = torch.as_tensor(x, dtype=dtype)
     labels = torch.as_tensor((~at_origin).astype(np.int64))
     return (x, labels) if return_labels else x
+
+
+def digits_with_rare_class(rare: int = 3, n_rare: int = 5, n_per_class: int = 100, seed: int = 0,
+                           dtype=torch.float32, return_labels: bool = False):
+    """Digits with one rare class: ``n_per_class`` images of every class but ``rare``, which has ``n_rare``.
+
+    The training set of chapter 12's class-conditional model: conditioning on the rare class leaves
+    the model a handful of images to learn from (seed 004, Section 3: specific conditions drive
+    memorization). Images are chosen with ``seed``; the classes appear in order 0..9.
+    """
+    n_rare = check_positive_int(n_rare, "n_rare")
+    n_per_class = check_positive_int(n_per_class, "n_per_class")
+    if rare not in range(10):
+        raise ValueError(f"rare must be a digit class 0..9, got {rare!r}")
+    images, labels = digits(dtype=dtype, return_labels=True)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(10):
+        idx = np.flatnonzero(labels.numpy() == c)
+        m = n_rare if c == rare else n_per_class
+        if m > len(idx):
+            raise ValueError(f"class {c} has only {len(idx)} images, fewer than the {m} asked for")
+        keep.append(np.sort(rng.choice(idx, size=m, replace=False)))
+    keep = torch.as_tensor(np.concatenate(keep))
+    return (images[keep], labels[keep]) if return_labels else images[keep]

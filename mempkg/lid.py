@@ -155,7 +155,8 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
         share a component pointing back to it, which adds one to the rank; centring removes it.
     generator : torch.Generator, optional
     return_singular_values : bool
-        Also return the singular values, normalised by each point's largest, ``(batch, min(K, d))``.
+        Also return the raw singular values, ``(batch, min(K, d))``, e.g. to threshold all points at
+        one global percentile as seed 004 does (App. C.1).
 
     Returns
     -------
@@ -173,11 +174,11 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
         s = score(xt, t0).reshape(k, d)
         if center:
             s = s - s.mean(0, keepdim=True)
-        sv = torch.linalg.svdvals(s)[None]
-        sv = sv / sv[:, :1].clamp_min(torch.finfo(sv.dtype).tiny)
+        raw = torch.linalg.svdvals(s)[None]
+        sv = raw / raw[:, :1].clamp_min(torch.finfo(raw.dtype).tiny)
         rank = rank_by_gap(sv) if threshold is None else (sv > threshold).sum(1)
         lids.append(d - rank)
-        svs.append(sv)
+        svs.append(raw)
     lid = torch.cat(lids)
     return (lid, torch.cat(svs)) if return_singular_values else lid
 

@@ -36,20 +36,28 @@ def time_embedding(t, dim: int, batch: int, device=None, dtype=torch.float32) ->
 
 
 class MLPScoreNet(nn.Module):
-    """Residual MLP on flattened inputs, conditioned on time by a learned embedding.
+    """Residual MLP on flattened inputs, conditioned on time (and optionally a class) by embeddings.
 
     Parameters
     ----------
     data_shape : tuple, e.g. ``(1, 8, 8)``
     hidden : int, width of the hidden layers
-    n_blocks : int, number of residual blocks ``h <- h + W2 SiLU(W1 SiLU(h) + e(t))``
+    n_blocks : int, number of residual blocks ``h <- h + W2 SiLU(W1 SiLU(h) + e(t, y))``
     time_dim : int, size of the sinusoidal embedding
+    n_classes : int, optional
+        Make the network class-conditional: ``forward(x, t, y)`` with ``y`` in ``0..n_classes-1``, or
+        ``y = None`` / ``y = n_classes`` for the unconditional ("null") input that classifier-free
+        guidance needs (Ho & Salimans 2022). The class embedding is added to the time embedding.
     """
 
-    def __init__(self, data_shape, hidden: int = 256, n_blocks: int = 3, time_dim: int = 64):
+    def __init__(self, data_shape, hidden: int = 256, n_blocks: int = 3, time_dim: int = 64, n_classes: int | None = None):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.config = dict(kind="mlp", data_shape=list(self.data_shape), hidden=hidden, n_blocks=n_blocks, time_dim=time_dim)
+        self.n_classes = n_classes
+        if n_classes is not None:
+            self.config["n_classes"] = check_positive_int(n_classes, "n_classes")
+            self.class_embed = nn.Embedding(n_classes + 1, hidden)
         d = math.prod(self.data_shape)
         self.time_dim = check_positive_int(time_dim, "time_dim")
         hidden = check_positive_int(hidden, "hidden")
@@ -59,11 +67,18 @@ class MLPScoreNet(nn.Module):
                                     for _ in range(check_positive_int(n_blocks, "n_blocks")))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, d))
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         b = x.shape[0]
         # One time for the whole batch (ODE steps, volume growth): embed it once and broadcast.
         shared = not isinstance(t, torch.Tensor) or t.ndim == 0
         temb = self.time_mlp(time_embedding(t, self.time_dim, 1 if shared else b, x.device, x.dtype))
+        if self.n_classes is not None:
+            if y is None:
+                y = self.n_classes
+            y = torch.as_tensor(y, dtype=torch.long, device=x.device)
+            temb = temb + self.class_embed(y.expand(b) if y.ndim == 0 else y)
+        elif y is not None:
+            raise ValueError("y (a class label) was given to an unconditional network (n_classes=None)")
         h = self.inp(x.reshape(b, -1))
         for lin1, lin_t, lin2 in self.blocks:
             h = h + lin2(torch.nn.functional.silu(lin1(torch.nn.functional.silu(h)) + lin_t(temb)))

@@ -500,18 +500,29 @@ class NetworkScore:
     gradients flow through it, so autograd and ``torch.func.jvp`` work.
     """
 
-    def __init__(self, net, sde: VPSDE, parameterization: str = "eps"):
+    def __init__(self, net, sde: VPSDE, parameterization: str = "eps", label=None):
         self.net = net
         self.sde = sde
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
         self.data_shape = tuple(getattr(net, "data_shape", ()))
+        if label is not None and getattr(net, "n_classes", None) is None:
+            raise ValueError("label was given but the network is not class-conditional")
+        self.label = label
 
     def __repr__(self) -> str:
-        return f"NetworkScore({type(self.net).__name__}, parameterization={self.parameterization!r}, sde={self.sde!r})"
+        extra = "" if self.label is None else f", label={self.label!r}"
+        return f"NetworkScore({type(self.net).__name__}, parameterization={self.parameterization!r}{extra}, sde={self.sde!r})"
+
+    def with_label(self, label) -> "NetworkScore":
+        """The same network read as the score conditioned on ``label`` (``None``: unconditional)."""
+        return NetworkScore(self.net, self.sde, self.parameterization, label=label)
+
+    def _net(self, x, t):
+        return self.net(x, t) if self.label is None else self.net(x, t, self.label)
 
     def predict_eps(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network's estimate of the noise in ``x = alpha x0 + sigma eps``."""
-        out = self.net(x, t)
+        out = self._net(x, t)
         if self.parameterization == "eps":
             return out
         tt = as_time_tensor(t, x)
@@ -519,7 +530,7 @@ class NetworkScore:
 
     def predict_x0(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network's estimate of the clean image (the denoiser)."""
-        out = self.net(x, t)
+        out = self._net(x, t)
         if self.parameterization == "x0":
             return out
         tt = as_time_tensor(t, x)
@@ -527,7 +538,7 @@ class NetworkScore:
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         tt = as_time_tensor(t, x)
-        out = self.net(x, t)
+        out = self._net(x, t)
         if self.parameterization == "eps":
             return -out / self.sde.sigma(tt)
         return (self.sde.alpha(tt) * out - x) / self.sde.v(tt)

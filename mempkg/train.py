@@ -29,17 +29,18 @@ __all__ = ["dsm_loss", "train_score_model"]
 
 
 def dsm_loss(net, x0: torch.Tensor, sde: VPSDE, parameterization: str = "x0", snr_cap: float = 5.0,
-             t_min: float = 1e-3, generator: torch.Generator | None = None) -> torch.Tensor:
+             t_min: float = 1e-3, generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """Denoising score-matching loss on a batch ``x0`` (a scalar tensor).
 
-    Draws ``t ~ U(t_min, 1)`` and ``eps ~ N(0, I)`` per example with ``generator``.
+    Draws ``t ~ U(t_min, 1)`` and ``eps ~ N(0, I)`` per example with ``generator``; ``y`` are the
+    class labels of a class-conditional network (``None`` for an unconditional one).
     """
     check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
     b = x0.shape[0]
     t = t_min + (1 - t_min) * torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     xt = sde.perturb(x0, t, noise=eps)
-    out = net(xt, t)
+    out = net(xt, t) if y is None else net(xt, t, y)
     per_example = ((out - (eps if parameterization == "eps" else x0)) ** 2).reshape(b, -1).mean(1)
     if parameterization == "x0":
         snr = sde.alpha(t) ** 2 / sde.v(t)
@@ -70,6 +71,9 @@ def train_score_model(
     resume: bool = True,
     progress: bool = True,
     log_every: int = 100,
+    labels: torch.Tensor | None = None,
+    label_dropout: float = 0.1,
+    lr_schedule: str = "constant",
 ) -> list[tuple[int, float]]:
     """Train ``net`` in place by denoising score matching on ``data``; return the loss history.
 
@@ -80,7 +84,10 @@ def train_score_model(
     sde : VPSDE
     n_steps : int, total optimisation steps (a resumed run continues up to this number)
     batch_size : int, examples per step, drawn uniformly with replacement
-    lr : float, Adam learning rate (constant)
+    lr : float, Adam learning rate
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"`` decays the rate from ``lr`` to 0 over ``n_steps`` (a converged end state,
+        less sensitive to where training stops).
     parameterization : {"eps", "x0"}, see :func:`dsm_loss`
     snr_cap : float, cap of the SNR weight for ``"x0"``
     t_min : float, smallest training time
@@ -92,6 +99,11 @@ def train_score_model(
         is loaded first and training continues from its step.
     progress : bool, show a progress bar with the running loss
     log_every : int, record the mean loss every this many steps in the history
+    labels : long tensor ``(n,)``, optional
+        Class labels for a class-conditional network (``MLPScoreNet(n_classes=...)``). Each label
+        is replaced by the null class with probability ``label_dropout``, so that one network
+        learns both the conditional and the unconditional score (classifier-free guidance,
+        Ho & Salimans 2022).
 
     Returns
     -------
@@ -101,14 +113,24 @@ def train_score_model(
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
     check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
+    check_choice(lr_schedule, "lr_schedule", ("constant", "cosine"))
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     log_every = check_positive_int(log_every, "log_every")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] == 0:
         raise ValueError("data must be a tensor of shape (n, *data_shape) with n >= 1")
+    if labels is not None:
+        n_classes = getattr(net, "n_classes", None)
+        if n_classes is None:
+            raise ValueError("labels were given but the network is not class-conditional (n_classes=None)")
+        if labels.shape != (data.shape[0],):
+            raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
     generator = torch.Generator(device=data.device).manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     config = dict(n_steps=n_steps, batch_size=batch_size, lr=lr, parameterization=parameterization,
-                  snr_cap=snr_cap, t_min=t_min, seed=seed, n_data=int(data.shape[0]))
+                  snr_cap=snr_cap, t_min=t_min, seed=seed, n_data=int(data.shape[0]),
+                  label_dropout=label_dropout if labels is not None else None, lr_schedule=lr_schedule)
     step, history = 0, []
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and resume and path.exists():
@@ -122,11 +144,18 @@ def train_score_model(
     bar = tqdm(total=n_steps, initial=step, disable=not progress, desc="training", leave=False)
     while step < n_steps:
         idx = torch.randint(data.shape[0], (batch_size,), generator=generator, device=data.device)
-        loss = dsm_loss(net, data[idx], sde, parameterization, snr_cap, t_min, generator)
+        y = None
+        if labels is not None:
+            y = labels[idx].clone()
+            y[torch.rand(batch_size, generator=generator, device=data.device) < label_dropout] = net.n_classes
+        loss = dsm_loss(net, data[idx], sde, parameterization, snr_cap, t_min, generator, y=y)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss became {loss.item()} at step {step + 1}; lower lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / n_steps))
         optimizer.step()
         step += 1
         running, count = running + loss.item(), count + 1

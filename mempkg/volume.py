@@ -102,7 +102,8 @@ def score_jvp(score, x: torch.Tensor, t, tangents: torch.Tensor) -> torch.Tensor
     if hasattr(score, "jvp"):
         return score.jvp(x, t, tangents)
     b, k = tangents.shape[:2]
-    xr = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+    xr = x.repeat_interleave(k, dim=0)                      # a copy: forward AD rejects overlapping views
+    tangents = tangents.contiguous()
     with warnings.catch_warnings():  # torch's forward-AD set-up warns about its own use of jit
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         _, out = torch.func.jvp(lambda z: score(z, t), (xr,), (tangents.reshape(b * k, *x.shape[1:]),))

@@ -145,3 +145,10 @@ def test_bad_arguments_raise_naming_the_parameter(call, name):
     x, model = subspace_model(6, 2)
     with pytest.raises(ValueError, match=name):
         call(model, x)
+
+
+def test_flipd_of_a_single_point_through_autodiff():
+    torch.manual_seed(0)
+    score = NetworkScore(MLPScoreNet((2,), hidden=8, n_blocks=1), SDE, "x0")
+    one = flipd(score, torch.zeros(1, 2), SDE, t0=0.05, n_probes=None)
+    assert one.shape == (1,) and torch.isfinite(one).all()

@@ -26,6 +26,10 @@ SMOKE = {
     "03_volume_growth": dict(n_points=32, n_steps=50),
     "04_overfitted_model": dict(n_generate=100, n_sample_steps=20, n_axes=8, n_steps=20, sweep_points=4, sweep_steps=5),
     "05_memorized_vs_unmemorized": dict(n_generate=300, n_sample_steps=10, n_compare=10, axes_sweep=[1, 4], n_steps=10),
+    "09_local_intrinsic_dimension": dict(dims=[1, 3], n_points=8, n_lpca=120, n_neighbors=40, t0_grid=[1e-3, 0.05], n_train=16),
+    "10_von_mises_mixture": dict(n_generate=200, n_sample_steps=50, t0_grid=[0.01, 0.05]),
+    "11_lid_on_images": dict(n_generate=200, n_sample_steps=20, t0_grid=[0.05], n_nb=20, n_neighbors=40),
+    "12_conditioning_and_cfg": dict(n_per_class=20, n_sample_steps=20, n_lid=5, n_trajectories=2, metric_steps=20),
 }
 
 
@@ -113,3 +117,10 @@ def test_volume_growth_benchmark_runs():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "volume_growth.py"), "--points", "2", "--axes", "4",
                           "--steps", "2"], capture_output=True, text=True, check=True, cwd=ROOT)
     assert "speed-up (loop / batched)" in out.stdout and "ranking all 1797 digits" in out.stdout
+
+
+@pytest.mark.slow
+def test_lid_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lid.py"), "--points", "4"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "x forward+backward" in out.stdout and "normal bundle" in out.stdout

@@ -1,0 +1,150 @@
+"""Classifier-free guidance and the memorization metrics built on it (seed 004, Section 3, App. C.1, D.2).
+
+* :class:`CFGScore` -- the CFG-adjusted score ``s(x; t, null) + lambda (s(x; t, c) - s(x; t, null))``
+  (seed 004, Eq. 2) of a class-conditional network; a score function like any other.
+* :func:`cfg_vector_norm` -- the norm of the CFG vector ``s(x; t, c) - s(x; t, null)`` at training
+  images, after a few Euler steps of the conditional probability-flow ODE up to ``t0`` (seed 004,
+  App. C.1, following Wen et al. 2023), in the noise scale ``sigma(t0) |...|``.
+* :func:`cfg_metrics` -- the trajectory-averaged metrics of App. D.2: ``A^CFG`` (Eq. 24), the CFG-
+  adjusted score norm ``A^{s^CFG}`` (Eq. 25) and ``A^FLIPD`` (Eqs. 26-28), for a class.
+
+In the VP-SDE used throughout the book, ``sigma~^2(t) |s~|^2`` of the paper's DDIM parameterisation is
+``v(t) |s|^2`` (the rescaling by ``psi(t)`` cancels), which is what is computed here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_positive, check_positive_int, check_time
+from .lid import flipd
+from .ode import integrate, ode_step, time_grid
+from .score import NetworkScore
+from .sde import VPSDE
+
+__all__ = ["CFGScore", "cfg_vector_norm", "cfg_metrics"]
+
+
+class CFGScore:
+    """Classifier-free guided score of a class-conditional :class:`~mempkg.score.NetworkScore`.
+
+    ``s_cfg(x; t, c) = s(x; t, null) + scale (s(x; t, c) - s(x; t, null))`` (seed 004, Eq. 2).
+    ``scale = 1`` is the plain conditional score, ``scale = 0`` the unconditional one.
+
+    Parameters
+    ----------
+    score : NetworkScore of a class-conditional network
+    label : int, the class ``c``
+    scale : float >= 0, the guidance strength ``lambda``
+    """
+
+    def __init__(self, score: NetworkScore, label: int, scale: float = 1.0):
+        if getattr(score.net, "n_classes", None) is None:
+            raise ValueError("score must wrap a class-conditional network (n_classes set)")
+        if not 0 <= label < score.net.n_classes:
+            raise ValueError(f"label must lie in 0..{score.net.n_classes - 1}, got {label!r}")
+        if scale < 0 or not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        self.conditional = score.with_label(label)
+        self.unconditional = score.with_label(None)
+        self.label, self.scale, self.sde = label, float(scale), score.sde
+        self.data_shape = score.data_shape
+
+    def __repr__(self) -> str:
+        return f"CFGScore(label={self.label}, scale={self.scale:g})"
+
+    def cfg_vector(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``s(x; t, c) - s(x; t, null)``."""
+        return self.conditional(x, t) - self.unconditional(x, t)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        uncond = self.unconditional(x, t)
+        return uncond + self.scale * (self.conditional(x, t) - uncond)
+
+
+@torch.no_grad()
+def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, labels, sde: VPSDE, t0: float = 0.01, n_steps: int = 3,
+                    scale: float | None = None):
+    """CFG vector norm at (training) images, as seed 004 scores real images (App. C.1).
+
+    Each image is carried by ``n_steps`` Euler steps of the *conditional* probability-flow ODE, from
+    ``t0 / (n_steps + 1)`` (the ODE cannot start at 0) up to ``t0``, and
+    ``sigma(t0) |s(x; t0, c) - s(x; t0, null)|`` is returned there: the CFG vector in the scale of the
+    predicted noise (Wen et al. 2023 use ``|eps(x, c) - eps(x, null)|``, the same quantity).
+
+    Parameters
+    ----------
+    score : NetworkScore of a class-conditional network
+    x : tensor ``(batch, *data_shape)``
+    labels : long tensor ``(batch,)`` or int: the classes ``c``
+    sde : VPSDE
+    t0 : float in (0, 1] (0.01 in seed 004)
+    n_steps : int (3 in seed 004)
+    scale : float, optional
+        When given, also return the CFG-adjusted score norm ``sigma(t0) |s_cfg(x; t0, c)|`` at the
+        same points, with guidance strength ``scale`` (seed 004, Fig. 3 compares the two).
+
+    Returns
+    -------
+    tensor ``(batch,)`` (and a second one with the CFG-adjusted score norms).
+    """
+    t0 = check_time(t0, "t0")
+    n_steps = check_positive_int(n_steps, "n_steps")
+    labels = torch.as_tensor(labels, dtype=torch.long, device=x.device).expand(x.shape[0])
+    taus = time_grid(t0 / (n_steps + 1), t0, n_steps, "uniform").tolist()
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    guided = torch.empty_like(out)
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().flatten()
+        cond, uncond = score.with_label(c), score.with_label(None)
+        z = x[rows]
+        for k in range(n_steps):
+            z = ode_step(sde, cond, z, taus[k], taus[k + 1])
+        s_c, s_u = cond(z, t0), uncond(z, t0)
+        out[rows] = sde.sigma(t0) * (s_c - s_u).reshape(len(rows), -1).norm(dim=1)
+        if scale is not None:
+            guided[rows] = sde.sigma(t0) * (s_u + scale * (s_c - s_u)).reshape(len(rows), -1).norm(dim=1)
+    return out if scale is None else (out, guided)
+
+
+@torch.no_grad()
+def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0, n_samples: int = 16,
+                n_steps: int = 50, t_max_flipd: float = 0.2, t_min: float = 1e-3, n_probes: int | None = 1,
+                generator: torch.Generator | None = None, dtype=torch.float32, device=None) -> dict[str, float]:
+    """Trajectory-averaged memorization metrics of a class (seed 004, App. D.2, Eqs. 24-28).
+
+    Samples ``n_samples`` trajectories of the guided probability-flow ODE for class ``label`` from
+    ``t = 1`` to ``t_min`` on a uniform grid of ``n_steps`` steps, and averages over the grid times and
+    the trajectories:
+
+    * ``A_cfg``: ``v(t) |s_cfg - s(.; null)|^2`` over ``t`` in (0, 1] (Eq. 24; Wen et al. 2023);
+    * ``A_score``: ``v(t) |s_cfg|^2`` over ``t`` in (0, 1] (Eq. 25);
+    * ``A_flipd``: ``d + v(t) (tr grad s_cfg + |s_cfg|^2)`` at the trajectory points, over ``t`` in
+      (0, ``t_max_flipd``] (Eqs. 26-28; seed 004 uses (0, 0.2]).
+
+    Large ``A_cfg`` and ``A_score`` and small ``A_flipd`` flag a class whose samples are memorized.
+
+    Returns
+    -------
+    dict with the three metrics (floats).
+    """
+    check_positive_int(n_samples, "n_samples")
+    check_positive(t_max_flipd, "t_max_flipd")
+    guided = CFGScore(score, label, scale)
+    x = sde.prior_sample((n_samples, *score.data_shape), generator=generator, dtype=dtype, device=device)
+    traj = integrate(sde, guided, x, 1.0, t_min, n_steps, grid="uniform", return_trajectory=True)
+    a_cfg, a_score, a_flipd = [], [], []
+    for t, xt in zip(traj.times[1:].tolist(), traj.states[1:]):
+        s_cfg = guided(xt, t)
+        v = sde.v(t)
+        a_cfg.append(v * (s_cfg - guided.unconditional(xt, t)).reshape(n_samples, -1).pow(2).sum(1).mean().item())
+        a_score.append(v * s_cfg.reshape(n_samples, -1).pow(2).sum(1).mean().item())
+        if t <= t_max_flipd:
+            # FLIPD at the noisy trajectory point itself (Eq. 26): no rescaling by alpha, so call the
+            # estimator with the point divided by alpha(t), which it multiplies back.
+            a_flipd.append(flipd(guided, xt / sde.alpha(t), sde, t0=t, n_probes=n_probes, generator=generator).mean().item())
+    if not a_flipd:
+        raise ValueError(f"no grid time falls in (0, t_max_flipd = {t_max_flipd}]; use more steps")
+    return {"A_cfg": sum(a_cfg) / len(a_cfg), "A_score": sum(a_score) / len(a_score),
+            "A_flipd": sum(a_flipd) / len(a_flipd)}
