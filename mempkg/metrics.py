@@ -9,6 +9,8 @@
 
 * :func:`png_complexity` -- the length of an image's PNG encoding, a proxy for its complexity
   (seed 004, App. C.2).
+* :func:`auc` -- the area under the ROC curve of a score separating two groups, how every
+  detector of the book is measured.
 
 Later chapters add AMS/UMS (seed 002, Eqs. 14-15) here.
 """
@@ -18,7 +20,7 @@ import torch
 
 from ._checks import check_positive, check_positive_int
 
-__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "png_complexity", "COPY_THRESHOLD"]
+__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "png_complexity", "auc", "COPY_THRESHOLD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
 #: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
@@ -134,3 +136,21 @@ def png_complexity(images: torch.Tensor) -> torch.Tensor:
         pil.save(buf, format="PNG", compress_level=9)
         lengths.append(len(buf.getvalue()))
     return torch.tensor(lengths)
+
+
+def auc(positive, negative) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random negative.
+
+    Ties count one half (the Mann-Whitney U statistic divided by the number of pairs). 0.5 is chance,
+    1 a perfect separation; to flag positives by *low* scores, pass the negated scores.
+
+    Parameters
+    ----------
+    positive, negative : 1-d tensors or arrays of scores
+    """
+    pos = torch.as_tensor(positive, dtype=torch.float64).flatten()
+    neg = torch.as_tensor(negative, dtype=torch.float64).flatten()
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("positive and negative must each hold at least one score")
+    diff = pos[:, None] - neg[None, :]
+    return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()

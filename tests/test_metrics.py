@@ -65,3 +65,17 @@ def test_png_complexity_ranks_flat_images_below_noisy_ones():
     assert png_complexity(rgb).item() > png_complexity(torch.zeros(1, 3, 16, 16)).item()
     with pytest.raises(ValueError, match="images must have shape"):
         png_complexity(torch.zeros(2, 8, 8))
+
+
+def test_auc_is_the_mann_whitney_probability():
+    from mempkg.metrics import auc
+
+    assert auc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert auc([1.0], [1.0]) == 0.5                      # ties count one half
+    assert auc([1.0, 3.0], [2.0]) == 0.5
+    from scipy.stats import mannwhitneyu
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, generator=g) + 0.5, torch.randn(30, generator=g)
+    assert abs(auc(a, b) - mannwhitneyu(a.numpy(), b.numpy()).statistic / (40 * 30)) < 1e-12
+    with pytest.raises(ValueError, match="at least one"):
+        auc([], [1.0])
