@@ -12,6 +12,8 @@ Modules (one idea each):
 * :mod:`mempkg.ode` -- Euler / Heun integration of the probability-flow ODE
 * :mod:`mempkg.sampling` -- forward-SDE simulation, ODE and SDE samplers, Tweedie denoising
 * :mod:`mempkg.volume` -- volume growth along the probability-flow ODE (seed 000, Eq. 13, Alg. 1)
+* :mod:`mempkg.lid` -- local intrinsic dimension: FLIPD, normal bundle, local PCA (seed 004)
+* :mod:`mempkg.guidance` -- classifier-free guidance and the CFG memorization metrics (seed 004)
 * :mod:`mempkg.nets`, :mod:`mempkg.train`, :mod:`mempkg.checkpoints` -- small score networks,
   denoising score matching, and the book's committed trained models
 * :mod:`mempkg.data` -- digits, synthetic sets, local CIFAR-10
@@ -19,9 +21,9 @@ Modules (one idea each):
 * :mod:`mempkg.plotting`, :mod:`mempkg.report`, :mod:`mempkg.run` -- the book's figures,
   closing tables and papermill runs
 """
-from . import checkpoints, data, metrics, nets, ode, plotting, report, sampling, score, sde, train, volume
+from . import checkpoints, data, guidance, lid, metrics, nets, ode, plotting, report, sampling, score, sde, train, volume
 from .ode import integrate
-from .score import EmpiricalScore, GaussianScore, MixtureScore, NetworkScore
+from .score import EmpiricalScore, GaussianScore, MixtureScore, NetworkScore, SphereScore
 from .sde import VPSDE
 from .volume import volume_growth
 
@@ -30,6 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpoints",
     "data",
+    "guidance",
+    "lid",
     "metrics",
     "nets",
     "ode",
@@ -46,5 +50,6 @@ __all__ = [
     "EmpiricalScore",
     "GaussianScore",
     "MixtureScore",
+    "SphereScore",
     "VPSDE",
 ]
