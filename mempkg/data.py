@@ -108,7 +108,7 @@ def digits(
         the originals, in the same order), as seed 000 does for its training sets.
     dtype : torch dtype
     return_labels : bool
-        Also return the class labels, a long tensor of shape ``(n,)``.
+        Also return the class labels, a long tensor (one per returned image: ``2 n`` with flips).
 
     The 17 grey levels 0..16 map linearly to [-1, 1] (``x / 8 - 1``).
     """
@@ -142,7 +142,7 @@ def cifar10(
     10,000 test images.
     """
     if root is None:
-        raise ValueError("data_root must name a local CIFAR-10 copy when dataset='cifar10'")
+        raise ValueError("root must name a local CIFAR-10 copy (the chapters' data_root parameter when dataset='cifar10')")
     root = Path(root).expanduser()
     folder = root if (root / "test_batch").exists() else root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
@@ -251,7 +251,8 @@ def von_mises_mixture(n: int, kappa: float = 2.0, mu: float = 0.0, origin_weight
         Also return ``LID_*`` of each point (0 at the origin, 1 on the circle), a long tensor.
     """
     n = check_positive_int(n, "n")
-    kappa = check_positive(kappa, "kappa")
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa < float("inf"):
+        raise ValueError(f"kappa must be a finite number >= 0 (0: uniform on the circle), got {kappa!r}")
     radius = check_positive(radius, "radius")
     if not 0 <= origin_weight < 1:
         raise ValueError(f"origin_weight must lie in [0, 1), got {origin_weight!r}")

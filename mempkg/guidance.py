@@ -131,6 +131,8 @@ def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0,
     """
     check_positive_int(n_samples, "n_samples")
     check_positive(t_max_flipd, "t_max_flipd")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     guided = CFGScore(score, label, scale)
     x = sde.prior_sample((n_samples, *score.data_shape), generator=generator, dtype=dtype, device=device)
     traj = integrate(sde, guided, x, 1.0, t_min, n_steps, grid="uniform", return_trajectory=True)

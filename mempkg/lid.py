@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_positive, check_positive_int, check_time
+from ._checks import check_choice, check_positive_int, check_time
 from .sde import VPSDE
 from .volume import score_jvp
 
@@ -165,8 +165,8 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
     t0 = check_time(t0, "t0")
     b, d = x.shape[0], math.prod(x.shape[1:])
     k = 4 * d if n_samples is None else check_positive_int(n_samples, "n_samples")
-    if threshold is not None:
-        threshold = check_positive(threshold, "threshold")
+    if threshold is not None and not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1) (relative to the largest singular value), got {threshold!r}")
     lids, svs = [], []
     for i in range(b):
         noise = torch.randn(k, *x.shape[1:], generator=generator, dtype=x.dtype, device=x.device)
@@ -254,6 +254,9 @@ def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 1
     long tensor ``(batch,)``.
     """
     check_choice(version, "version", ("fo", "ross"))
+    for name, value in (("alpha", alpha), ("variance_quantile", variance_quantile), ("distance_quantile", distance_quantile)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     n = data.shape[0]
     flat = data.reshape(n, -1).double()
     if neighbors is not None:

@@ -57,7 +57,7 @@ def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_si
     if k > n - int(exclude_self):
         raise ValueError(f"k must be at most {n - int(exclude_self)} (the number of candidates), got {k}")
     xf = x.reshape(x.shape[0], -1)
-    tf = train.reshape(n, -1).to(xf.dtype)
+    tf = train.reshape(n, -1).to(dtype=xf.dtype, device=xf.device)
     dists, idxs = [], []
     for start in range(0, xf.shape[0], chunk_size):
         d = torch.cdist(xf[start:start + chunk_size], tf, compute_mode="donot_use_mm_for_euclid_dist")
@@ -75,7 +75,7 @@ def normalized_l2(gen: torch.Tensor, train: torch.Tensor, alpha: float = 0.5, n_
 
     ``l(x_hat) = |x_hat - x_1| / (alpha * mean_{j <= n} |x_hat - x_j|)`` where ``x_1, ..., x_n`` are
     the ``n`` nearest training images of ``x_hat`` (the mean includes the nearest one). The range
-    is (0, 1/alpha]; small values mean that ``x_hat`` is much closer to one training image than
+    is [0, 1/alpha] (0 for an exact copy); small values mean that ``x_hat`` is much closer to one training image than
     to its other neighbours: a copy.
 
     Parameters

@@ -60,6 +60,8 @@ class MLPScoreNet(nn.Module):
             self.class_embed = nn.Embedding(n_classes + 1, hidden)
         d = math.prod(self.data_shape)
         self.time_dim = check_positive_int(time_dim, "time_dim")
+        if time_dim % 2:
+            raise ValueError(f"time_dim must be even (sine and cosine halves), got {time_dim}")
         hidden = check_positive_int(hidden, "hidden")
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(d, hidden)
@@ -117,6 +119,12 @@ class UNet(nn.Module):
         super().__init__()
         if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:
             raise ValueError(f"data_shape must be (channels, height, width) with sides divisible by 4, got {tuple(data_shape)}")
+        base = check_positive_int(base, "base")
+        groups = check_positive_int(groups, "groups")
+        if base % min(groups, base):
+            raise ValueError(f"base must be divisible by groups = {groups} (GroupNorm), got {base}")
+        if check_positive_int(time_dim, "time_dim") % 2:
+            raise ValueError(f"time_dim must be even (sine and cosine halves), got {time_dim}")
         self.data_shape = tuple(data_shape)
         self.config = dict(kind="unet", data_shape=list(self.data_shape), base=base, time_dim=time_dim, groups=groups)
         c = data_shape[0]

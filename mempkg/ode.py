@@ -102,6 +102,7 @@ def ode_step(sde: VPSDE, score, x: torch.Tensor, ta: float, tb: float, method: s
     with ``h = tb - ta`` and ``f`` the drift of Eq. 8. This is the map every integrator in mempkg
     iterates (:func:`integrate`, :func:`mempkg.volume.volume_growth`).
     """
+    check_choice(method, "method", METHODS)
     h = tb - ta
     da = sde.ode_drift(score, x, ta)
     if method == "euler":
@@ -138,7 +139,8 @@ def integrate(
     grid : {"log", "uniform"}
         Spacing of the times (see :func:`time_grid`); ignored when ``times`` is given.
     times : tensor of shape ``(n_steps + 1,)``, optional
-        An explicit monotone grid from ``t0`` to ``t1``.
+        An explicit monotone grid; it overrides ``t0``, ``t1`` and ``grid`` (its first and last
+        values are the start and end times).
     return_trajectory : bool
         Return every intermediate state as a :class:`Trajectory` instead of the final state.
     progress : bool

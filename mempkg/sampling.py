@@ -60,7 +60,7 @@ def simulate_forward_sde(
         x = x - 0.5 * sde.beta(ta) * x * h + math.sqrt(sde.beta(ta) * h) * noise
         if return_trajectory:
             states.append(x)
-    return Trajectory(taus, torch.stack(states)) if return_trajectory else x
+    return Trajectory(taus.to(x.device), torch.stack(states)) if return_trajectory else x
 
 
 def forward_marginals(sde: VPSDE, x0: torch.Tensor, times, n_steps: int = 1000, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -71,6 +71,8 @@ def forward_marginals(sde: VPSDE, x0: torch.Tensor, times, n_steps: int = 1000, 
     Returns a list of tensors shaped like ``x0``, one per recording time (ascending).
     """
     times = sorted(float(check_time(t, "times")) for t in times)
+    if not times:
+        raise ValueError("times must hold at least one time")
     n_steps = check_positive_int(n_steps, "n_steps")
     out, x, t_prev = [], x0, 0.0
     for t in times:

@@ -70,8 +70,10 @@ class EmpiricalScore(_ExactScore):
     ``s(x, t) = (alpha E[y | x_t = x] - x) / v``,  with posterior weights
     ``w_i(x) = softmax_i(-|x - alpha y_i|^2 / (2 v))`` and ``E[y | x_t = x] = sum_i w_i y_i``.
 
-    The weights are computed with a streaming log-sum-exp over chunks of training points, so
-    memory is ``O(batch * chunk_size)`` whatever the size of the training set. The squared
+    The score itself (:meth:`posterior_mean`) is computed with a streaming log-sum-exp over chunks
+    of training points, so its memory is ``O(batch * chunk_size)`` whatever the size of the
+    training set; :meth:`logits`, :meth:`posterior_weights`, :meth:`log_prob` and :meth:`jvp` hold
+    ``(batch, n)`` weights (``(batch, k, n)`` for ``k`` tangents). The squared
     distances are expanded as ``|x|^2 - 2 alpha x.y + alpha^2 |y|^2`` (one matrix product);
     ``|x|^2`` cancels in the softmax. In float32 that expansion costs about ``1e-7 |x.y| / v``
     in the logits (a few hundredths for 8x8 digits at t = 1e-3): use float64 below t ~ 1e-2.
@@ -276,7 +278,7 @@ class GaussianScore(_ExactScore):
         """Covariance ``alpha(t)^2 cov + v(t) I`` of the marginal at time t, shape ``(d, d)``."""
         check_time(t, allow_zero=True)
         t = float(t)
-        return self.sde.alpha(t) ** 2 * self.cov + self.sde.v(t) * torch.eye(self.dim, dtype=self.cov.dtype)
+        return self.sde.alpha(t) ** 2 * self.cov + self.sde.v(t) * torch.eye(self.dim, dtype=self.cov.dtype, device=self.cov.device)
 
     def mean_t(self, t) -> torch.Tensor:
         """Mean ``alpha(t) mean`` of the marginal at time t, shape ``data_shape``."""
@@ -317,12 +319,12 @@ class GaussianScore(_ExactScore):
         s_to = alpha_to * alpha_to * lam + v_to
         return (alpha_to * mu + (z * torch.sqrt(s_to / s_from)) @ U.T).reshape(x.shape)
 
-    def sample(self, n: int, t, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
+    def sample(self, n: int, t, generator: torch.Generator | None = None, dtype=torch.float64, device=None) -> torch.Tensor:
         """Draw ``n`` points from the marginal at time ``t`` (``t = 0``: the data distribution)."""
         n = check_positive_int(n, "n")
         check_time(t, allow_zero=True)
         t = float(t)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=dtype)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device)
         mu, lam, U = self._params(eps)
         s = self.sde.alpha(t) ** 2 * lam + self.sde.v(t)
         return (self.sde.alpha(t) * mu + (eps * torch.sqrt(s)) @ U.T).reshape(n, *self.data_shape)
@@ -468,12 +470,12 @@ class SphereScore(_ExactScore):
         return (-(xf.pow(2).sum(1) + (alpha[:, 0] * self.radius) ** 2) / (2 * v1)
                 - 0.5 * self.dim * torch.log(2 * math.pi * v1) + self._log_a(z)[:, 0])
 
-    def sample(self, n: int, t, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
+    def sample(self, n: int, t, generator: torch.Generator | None = None, dtype=torch.float64, device=None) -> torch.Tensor:
         """``n`` points of the marginal at time ``t`` (``t = 0``: uniform on the sphere)."""
         n = check_positive_int(n, "n")
         check_time(t, allow_zero=True)
-        g = torch.randn(n, self.k + 1, generator=generator, dtype=dtype)
-        on = torch.zeros(n, self.dim, dtype=dtype)
+        g = torch.randn(n, self.k + 1, generator=generator, dtype=dtype, device=device)
+        on = torch.zeros(n, self.dim, dtype=dtype, device=device)
         on[:, : self.k + 1] = self.radius * g / g.norm(dim=1, keepdim=True)
         t = float(t)
         if t == 0:

@@ -20,6 +20,7 @@ schedule.
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 
@@ -56,7 +57,7 @@ class VPSDE:
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
         for name, value in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if beta_min < 0:
             raise ValueError(f"beta_min must be >= 0, got {beta_min}")

@@ -28,7 +28,7 @@ from .sde import VPSDE
 __all__ = ["dsm_loss", "train_score_model"]
 
 
-def dsm_loss(net, x0: torch.Tensor, sde: VPSDE, parameterization: str = "x0", snr_cap: float = 5.0,
+def dsm_loss(net, x0: torch.Tensor, sde: VPSDE, parameterization: str = "eps", snr_cap: float = 5.0,
              t_min: float = 1e-3, generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """Denoising score-matching loss on a batch ``x0`` (a scalar tensor).
 
@@ -62,7 +62,7 @@ def train_score_model(
     n_steps: int,
     batch_size: int = 128,
     lr: float = 1e-3,
-    parameterization: str = "x0",
+    parameterization: str = "eps",
     snr_cap: float = 5.0,
     t_min: float = 1e-3,
     seed: int = 0,
@@ -88,7 +88,8 @@ def train_score_model(
     lr_schedule : {"constant", "cosine"}
         ``"cosine"`` decays the rate from ``lr`` to 0 over ``n_steps`` (a converged end state,
         less sensitive to where training stops).
-    parameterization : {"eps", "x0"}, see :func:`dsm_loss`
+    parameterization : {"eps", "x0"}, see :func:`dsm_loss`; read the trained network with a
+        :class:`~mempkg.score.NetworkScore` of the same parameterization (both default to "eps")
     snr_cap : float, cap of the SNR weight for ``"x0"``
     t_min : float, smallest training time
     seed : int, seeds the generator of every random draw (and the network's initialisation is
@@ -114,6 +115,9 @@ def train_score_model(
     lr = check_positive(lr, "lr")
     check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
     check_choice(lr_schedule, "lr_schedule", ("constant", "cosine"))
+    snr_cap = check_positive(snr_cap, "snr_cap")
+    if not (isinstance(t_min, (int, float)) and 0 < t_min < 1):
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     log_every = check_positive_int(log_every, "log_every")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] == 0:
@@ -126,6 +130,7 @@ def train_score_model(
             raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
+        labels = labels.to(data.device)
     generator = torch.Generator(device=data.device).manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     config = dict(n_steps=n_steps, batch_size=batch_size, lr=lr, parameterization=parameterization,
@@ -135,6 +140,11 @@ def train_score_model(
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and resume and path.exists():
         state = torch.load(path, map_location=data.device, weights_only=False)
+        saved = {k: v for k, v in state["config"].items() if k != "n_steps"}
+        asked = {k: v for k, v in config.items() if k != "n_steps"}
+        if saved != asked:
+            raise ValueError(f"checkpoint {path} was made with other settings {saved}, not {asked}: "
+                             "use another checkpoint path or resume=False")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])

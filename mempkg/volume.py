@@ -104,6 +104,8 @@ def score_jvp(score, x: torch.Tensor, t, tangents: torch.Tensor) -> torch.Tensor
     b, k = tangents.shape[:2]
     xr = x.repeat_interleave(k, dim=0)                      # a copy: forward AD rejects overlapping views
     tangents = tangents.contiguous()
+    if isinstance(t, torch.Tensor) and t.ndim == 1:        # per-example times follow their points
+        t = t.repeat_interleave(k)
     with warnings.catch_warnings():  # torch's forward-AD set-up warns about its own use of jit
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         _, out = torch.func.jvp(lambda z: score(z, t), (xr,), (tangents.reshape(b * k, *x.shape[1:]),))
@@ -281,7 +283,7 @@ def volume_growth_loop(score, x0: torch.Tensor, sde: VPSDE, n_axes: int = 100, s
     shape ``(batch, n_steps)``.
     """
     taus = time_grid(t_start, t_end, n_steps, grid).tolist()
-    out = torch.empty(x0.shape[0], n_steps, dtype=x0.dtype)
+    out = torch.empty(x0.shape[0], n_steps, dtype=x0.dtype, device=x0.device)
     shape, d = tuple(x0.shape[1:]), math.prod(x0.shape[1:])
 
     def gram_schmidt(rows):
