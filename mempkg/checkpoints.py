@@ -106,9 +106,8 @@ def training_data(name: str, dtype=torch.float32, distinct: bool = False) -> tor
     images. ``distinct=True`` returns the distinct images only (what memorization is measured
     against); :func:`duplicated_indices` says which of them were duplicated.
     """
-    spec = dict(_recipe(name)["data"])
-    dup = spec.pop("duplicate", None)
-    images = data_module.load(spec.pop("name"), dtype=dtype, **spec)
+    dup = _recipe(name)["data"].get("duplicate")
+    images = _load_distinct(name, dtype)
     if dup is None or distinct:
         return images
     extra = images[duplicated_indices(name)].repeat(dup["times"] - 1, *([1] * (images.ndim - 1)))
@@ -117,11 +116,13 @@ def training_data(name: str, dtype=torch.float32, distinct: bool = False) -> tor
 
 def training_labels(name: str) -> torch.Tensor:
     """Class labels of the recipe's distinct training images (same order as ``training_data``)."""
-    spec = dict(_recipe(name)["data"])
-    spec.pop("duplicate", None)
-    flip = spec.pop("flip", False)
-    _, labels = data_module.load(spec.pop("name"), return_labels=True, **spec)
-    return torch.cat([labels, labels]) if flip else labels
+    return _load_distinct(name, return_labels=True)[1]
+
+
+def _load_distinct(name: str, dtype=torch.float32, return_labels: bool = False):
+    """The recipe's data set before any duplication (with its flips, when the recipe flips)."""
+    spec = {k: v for k, v in _recipe(name)["data"].items() if k != "duplicate"}
+    return data_module.load(spec.pop("name"), dtype=dtype, return_labels=return_labels, **spec)
 
 
 def held_out_data(name: str, n: int | None = None, seed: int = 0, dtype=torch.float32) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import torch
 
 from ._checks import check_positive, check_positive_int, check_time
-from .lid import flipd
+from .lid import flipd_at_noisy
 from .ode import integrate, ode_step, time_grid
 from .score import NetworkScore
 from .sde import VPSDE
@@ -138,14 +138,13 @@ def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0,
     traj = integrate(sde, guided, x, 1.0, t_min, n_steps, grid="uniform", return_trajectory=True)
     a_cfg, a_score, a_flipd = [], [], []
     for t, xt in zip(traj.times[1:].tolist(), traj.states[1:]):
-        s_cfg = guided(xt, t)
+        s_u = guided.unconditional(xt, t)
+        s_cfg = s_u + scale * (guided.conditional(xt, t) - s_u)
         v = sde.v(t)
-        a_cfg.append(v * (s_cfg - guided.unconditional(xt, t)).reshape(n_samples, -1).pow(2).sum(1).mean().item())
+        a_cfg.append(v * (s_cfg - s_u).reshape(n_samples, -1).pow(2).sum(1).mean().item())
         a_score.append(v * s_cfg.reshape(n_samples, -1).pow(2).sum(1).mean().item())
         if t <= t_max_flipd:
-            # FLIPD at the noisy trajectory point itself (Eq. 26): no rescaling by alpha, so call the
-            # estimator with the point divided by alpha(t), which it multiplies back.
-            a_flipd.append(flipd(guided, xt / sde.alpha(t), sde, t0=t, n_probes=n_probes, generator=generator).mean().item())
+            a_flipd.append(flipd_at_noisy(guided, xt, sde, t, n_probes, generator).mean().item())   # Eq. 26
     if not a_flipd:
         raise ValueError(f"no grid time falls in (0, t_max_flipd = {t_max_flipd}]; use more steps")
     return {"A_cfg": sum(a_cfg) / len(a_cfg), "A_score": sum(a_score) / len(a_score),

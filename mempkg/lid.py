@@ -26,7 +26,7 @@ from ._checks import check_choice, check_positive_int, check_time
 from .sde import VPSDE
 from .volume import score_jvp
 
-__all__ = ["flipd", "flipd_closed_form_subspace", "normal_bundle", "rank_by_gap", "lpca", "knn_indices", "jacobian_rank"]
+__all__ = ["flipd", "flipd_at_noisy", "flipd_closed_form_subspace", "normal_bundle", "rank_by_gap", "lpca", "knn_indices", "jacobian_rank"]
 
 
 def _rademacher(shape, generator, dtype, device):
@@ -67,30 +67,41 @@ def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | 
     Seed 004, Eq. 6 and App. B.1, C.1; Hutchinson (1989).
     """
     t0 = check_time(t0, "t0")
+    return flipd_at_noisy(score, sde.alpha(t0) * x, sde, t0, n_probes, generator, chunk_size)
+
+
+@torch.no_grad()
+def flipd_at_noisy(score, y: torch.Tensor, sde: VPSDE, t: float, n_probes: int | None = 1,
+                   generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
+    """``d + v(t) (tr grad s(y, t) + |s(y, t)|^2)`` at points ``y`` already at noise level ``t``.
+
+    :func:`flipd` is this at ``y = alpha(t0) x``; seed 004's ``A^FLIPD`` (Eq. 26) evaluates it along
+    sampling trajectories, where the points are noisy already. Arguments as in :func:`flipd`.
+    """
+    t0 = check_time(t, "t")
     if n_probes is not None:
         n_probes = check_positive_int(n_probes, "n_probes")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    b, d = x.shape[0], math.prod(x.shape[1:])
-    alpha, v, sigma = sde.alpha(t0), sde.v(t0), sde.sigma(t0)
-    y = alpha * x
+    b, d = y.shape[0], math.prod(y.shape[1:])
+    v, sigma = sde.v(t0), sde.sigma(t0)
     eps_form = getattr(score, "parameterization", None) == "eps" and hasattr(score, "predict_eps")
     if eps_form:
         field, out = (lambda z, t: score.predict_eps(z, t)), score.predict_eps(y, t0)
     else:
         field, out = score, score(y, t0)
-    trace = torch.zeros(b, dtype=x.dtype, device=x.device)
+    trace = torch.zeros(b, dtype=y.dtype, device=y.device)
     if n_probes is None:
-        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        eye = torch.eye(d, dtype=y.dtype, device=y.device)
         for start in range(0, d, chunk_size):
             basis = eye[start:start + chunk_size]                                     # (k, d)
-            tangents = basis.expand(b, *basis.shape).reshape(b, basis.shape[0], *x.shape[1:])
+            tangents = basis.expand(b, *basis.shape).reshape(b, basis.shape[0], *y.shape[1:])
             jv = score_jvp(field, y, t0, tangents).reshape(b, basis.shape[0], d)
             trace += (jv * basis).sum((1, 2))
     else:
         done = 0
         while done < n_probes:
             k = min(chunk_size, n_probes - done)
-            probes = _rademacher((b, k, *x.shape[1:]), generator, x.dtype, x.device)
+            probes = _rademacher((b, k, *y.shape[1:]), generator, y.dtype, y.device)
             jv = score_jvp(field, y, t0, probes)
             trace += (jv * probes).reshape(b, k, d).sum(2).sum(1)
             done += k
