@@ -7,9 +7,11 @@ interchangeable.
 
 Modules (one idea each):
 
-* :mod:`mempkg.sde` -- the VP-SDE schedule, kernel and probability-flow drift (seed 000, Eqs. 3-9)
-* :mod:`mempkg.score` -- exact scores: empirical (Eq. 11), Gaussian, mixtures
-* :mod:`mempkg.ode` -- Euler / Heun integration of the probability-flow ODE
+* :mod:`mempkg.sde` -- the VP-SDE schedule, kernel, and every drift: forward SDE, reverse SDE,
+  probability-flow ODE (seed 000, Eqs. 2-9)
+* :mod:`mempkg.score` -- exact scores: empirical (Eq. 11), Gaussian, mixtures; ``score_jvp``
+* :mod:`mempkg.ode` -- every integration step: Euler / Heun ODE steps (and their tangent maps),
+  Euler-Maruyama SDE steps, ``integrate``
 * :mod:`mempkg.sampling` -- forward-SDE simulation, ODE and SDE samplers, Tweedie denoising
 * :mod:`mempkg.volume` -- volume growth along the probability-flow ODE (seed 000, Eq. 13, Alg. 1)
 * :mod:`mempkg.lid` -- local intrinsic dimension: FLIPD, normal bundle, local PCA (seed 004)
@@ -17,17 +19,33 @@ Modules (one idea each):
 * :mod:`mempkg.nets`, :mod:`mempkg.train`, :mod:`mempkg.checkpoints` -- small score networks,
   denoising score matching, and the book's committed trained models
 * :mod:`mempkg.data` -- digits, synthetic sets, local CIFAR-10
-* :mod:`mempkg.metrics` -- nearest neighbours, Carlini's calibrated l2, memorized sets
+* :mod:`mempkg.metrics` -- the one nearest-neighbour search, Carlini's calibrated l2, memorized sets
 * :mod:`mempkg.plotting`, :mod:`mempkg.report`, :mod:`mempkg.run` -- the book's figures,
-  closing tables and papermill runs
+  closing tables and papermill runs (imported on first use)
+
+Every function takes its arguments in the order ``score, x, sde, ...`` (the score, the points, the
+SDE); the book's notation page lists the names used throughout.
 """
-from . import checkpoints, data, guidance, lid, metrics, nets, ode, plotting, report, sampling, score, sde, train, volume
+import importlib
+
+from . import checkpoints, data, guidance, lid, metrics, nets, ode, sampling, score, sde, train, volume
 from .ode import integrate
 from .score import EmpiricalScore, GaussianScore, MixtureScore, NetworkScore, SphereScore
 from .sde import VPSDE
 from .volume import volume_growth
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The book's helpers (figures, closing tables, the papermill runner) import matplotlib, seaborn,
+# pandas and papermill: they load on first use, so that `from mempkg import VPSDE` stays fast.
+_LAZY = ("plotting", "report", "run")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "checkpoints",
@@ -39,6 +57,7 @@ __all__ = [
     "ode",
     "plotting",
     "report",
+    "run",
     "sampling",
     "score",
     "sde",

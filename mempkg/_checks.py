@@ -6,6 +6,7 @@ a ``ValueError`` that names the parameter and says what is allowed, in the same 
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import torch
@@ -71,3 +72,48 @@ def as_time_tensor(t, x: torch.Tensor, name: str = "t") -> torch.Tensor:
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"{name} must be a float or a tensor of shape (batch,) = ({x.shape[0]},), got shape {tuple(t.shape)}")
     return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _is_sde(obj) -> bool:
+    return hasattr(obj, "ode_drift") and hasattr(obj, "perturb")
+
+
+def legacy_sde_first(func_name: str, a, b, c):
+    """Accept the deprecated argument order ``(sde, score, x)`` beside ``(score, x, sde)``.
+
+    Every function of mempkg takes ``score, x, sde`` in this order (see the notation page of the
+    book). Versions up to 0.1 took ``sde, score, x`` in the ODE and sampling functions; such calls
+    still work, with a ``DeprecationWarning``. Returns ``(score, x, sde)``.
+    """
+    if _is_sde(a) and not _is_sde(c):
+        warnings.warn(f"{func_name}(sde, score, x, ...) is deprecated; call {func_name}(score, x, sde, ...)",
+                      DeprecationWarning, stacklevel=3)
+        return b, c, a
+    return a, b, c
+
+
+def legacy_sde_second(func_name: str, a, b, c):
+    """Accept the deprecated order ``(score, sde, x)`` beside ``(score, x, sde)``; see :func:`legacy_sde_first`."""
+    if _is_sde(b) and not _is_sde(c):
+        warnings.warn(f"{func_name}(score, sde, x, ...) is deprecated; call {func_name}(score, x, sde, ...)",
+                      DeprecationWarning, stacklevel=3)
+        return a, c, b
+    return a, b, c
+
+
+def renamed_argument(kwargs: dict, old: str, new: str, func_name: str, value=None):
+    """Pop a deprecated keyword ``old`` from ``kwargs`` and return its value for ``new``.
+
+    Raises ``TypeError`` for any other unexpected keyword, as Python would.
+    """
+    if old in kwargs:
+        if value is not None:
+            raise TypeError(f"{func_name}() got both {old!r} (deprecated) and {new!r}")
+        warnings.warn(f"{func_name}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3)
+        value = kwargs.pop(old)
+    return value
+
+
+def no_other_kwargs(kwargs: dict, func_name: str) -> None:
+    if kwargs:
+        raise TypeError(f"{func_name}() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")

@@ -1,11 +1,13 @@
-"""The book's trained models: named recipes, committed checkpoints, and a sha256 manifest.
+"""The registry of the book's trained models: named recipes, committed checkpoints, a sha256 manifest.
 
-Chapters 4-5 (and later 9-13) need networks that memorize part of their training set. Each is
-described by a *recipe* in :data:`RECIPES` (data, architecture, training settings, seeds), trained
-once with ``python -m mempkg train NAME`` and committed as ``data/NAME.pt``; ``data/manifest.json``
-records its sha256, the recipe, the command and the training time. :func:`load_model` refuses a
-file whose hash does not match the manifest, and ``retrain=True`` rebuilds the model from its recipe
-instead of loading it.
+Chapters 4-5 and 9-13 need networks that memorize part of their training set. Each is described
+by a :class:`Recipe` in :data:`RECIPES` (its data as a :class:`~mempkg.data.DataRecipe`, the
+network's configuration, a :class:`~mempkg.train.TrainConfig`, seeds), trained once with
+``python -m mempkg train NAME`` and committed as ``data/NAME.pt``; ``data/manifest.json`` records
+its sha256, the recipe, the command and the training time. :func:`load_model` refuses a file whose
+hash does not match the manifest, and ``retrain=True`` rebuilds the model from its recipe instead
+of loading it. The data a recipe trains on are built by :mod:`mempkg.data`
+(:func:`~mempkg.data.training_set`, :func:`~mempkg.data.held_out`, ...).
 """
 from __future__ import annotations
 
@@ -15,63 +17,97 @@ import math
 import platform
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import data as data_module
+from .data import DataRecipe, Duplication
 from .nets import build_net
 from .score import NetworkScore
 from .sde import VPSDE
-from .train import train_score_model
+from .train import TrainConfig, train_score_model
 
-__all__ = ["RECIPES", "DATA_DIR", "MANIFEST", "ChecksumError", "sha256", "training_data", "training_labels", "held_out_data", "duplicated_indices",
-           "train_recipe", "load_model", "read_manifest"]
+__all__ = ["Recipe", "RECIPES", "DATA_DIR", "MANIFEST", "ChecksumError", "sha256", "train_recipe", "load_model",
+           "read_manifest", "training_data", "training_labels", "held_out_data", "duplicated_indices"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "manifest.json"
 
-RECIPES: dict[str, dict] = {
-    "digits64_x0": dict(
-        description="Overfitted model of chapter 4: 64 digits and their horizontal flips (128 images), "
-                    "x0-prediction, trained until it reproduces them.",
-        data=dict(name="digits", n=64, seed=0, flip=True),
-        net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64),
-        train=dict(n_steps=10_000, batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0),
-        init_seed=0,
-        threads=2,
-    ),
-    "digits1000_x0": dict(
-        description="Partly memorizing model of chapter 5: 1,000 digits, 20 of which appear 10 times "
-                    "(1,180 rows), x0-prediction, stopped while only part of the set is copied.",
-        data=dict(name="digits", n=1000, seed=0, duplicate=dict(n=20, times=10, seed=1)),
-        net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64),
-        train=dict(n_steps=30_000, batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0),
-        init_seed=0,
-        threads=2,
-    ),
-    "vonmises_x0": dict(
-        description="Chapter 10's model in the plane: 100 points of a von Mises law on the unit circle "
-                    "(kappa = 4) plus a point mass at the origin (weight 0.2), one circle point placed "
-                    "opposite the mode; x0-prediction, cosine learning rate.",
-        data=dict(name="von_mises_mixture", n=100, kappa=4.0, mu=0.0, origin_weight=0.2, isolated=math.pi, seed=0),
-        net=dict(kind="mlp", data_shape=[2], hidden=128, n_blocks=3, time_dim=32),
-        train=dict(n_steps=40_000, batch_size=128, lr=2e-3, lr_schedule="cosine", parameterization="x0", snr_cap=5.0,
-                   t_min=1e-3, seed=0),
-        init_seed=0,
-        threads=1,
-    ),
-    "digits_rare3_x0": dict(
-        description="Chapter 12's class-conditional model: 100 digits of every class but 3, which has 5; "
-                    "x0-prediction, class labels dropped with probability 0.1 for classifier-free guidance.",
-        data=dict(name="digits_with_rare_class", rare=3, n_rare=5, n_per_class=100, seed=0),
-        net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64, n_classes=10),
-        train=dict(n_steps=20_000, batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0,
-                   label_dropout=0.1),
-        init_seed=0,
-        threads=2,
-    ),
-}
+#: The order in which a recipe's training settings are written to the manifest (the keys it sets).
+_TRAIN_KEYS = ("n_steps", "batch_size", "lr", "lr_schedule", "parameterization", "snr_cap", "t_min", "seed",
+               "label_dropout")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one of the book's models is made.
+
+    Attributes
+    ----------
+    name : str, the key in :data:`RECIPES` and the checkpoint's file name ``data/NAME.pt``
+    description : str, one sentence a chapter can print
+    data : DataRecipe, the training data
+    net : dict, the network's configuration as :func:`mempkg.nets.build_net` reads it (the
+        checkpoint stores the same dict)
+    train : TrainConfig
+    init_seed : int, seeds the network's initialisation
+    threads : int, torch threads used for training (results are reproducible per thread count)
+    train_keys : tuple of str, the training settings the recipe sets explicitly (the others are
+        :class:`~mempkg.train.TrainConfig`'s defaults); only these are written to the manifest
+    """
+
+    name: str
+    description: str
+    data: DataRecipe
+    net: dict
+    train: TrainConfig
+    init_seed: int = 0
+    threads: int = 2
+    train_keys: tuple = field(default=("n_steps", "batch_size", "lr", "parameterization", "snr_cap", "t_min", "seed"),
+                              repr=False)
+
+    def to_dict(self) -> dict:
+        """The recipe as recorded in ``data/manifest.json``."""
+        train = {k: getattr(self.train, k) for k in _TRAIN_KEYS if k in self.train_keys}
+        return dict(description=self.description, data=self.data.to_dict(), net=dict(self.net), train=train,
+                    init_seed=self.init_seed, threads=self.threads)
+
+
+def _recipe(name, description, data, net, train_keys=None, init_seed=0, threads=2, **train):
+    keys = tuple(train) if train_keys is None else train_keys
+    return Recipe(name, description, data, net, TrainConfig(**train), init_seed, threads, keys)
+
+
+_DIGITS_MLP = dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64)
+_X0 = dict(batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    _recipe("digits64_x0",
+            "Overfitted model of chapter 4: 64 digits and their horizontal flips (128 images), "
+            "x0-prediction, trained until it reproduces them.",
+            DataRecipe("digits", dict(n=64, seed=0, flip=True)), _DIGITS_MLP, n_steps=10_000, **_X0),
+    _recipe("digits1000_x0",
+            "Partly memorizing model of chapter 5: 1,000 digits, 20 of which appear 10 times "
+            "(1,180 rows), x0-prediction, stopped while only part of the set is copied.",
+            DataRecipe("digits", dict(n=1000, seed=0), Duplication(n=20, times=10, seed=1)), _DIGITS_MLP,
+            n_steps=30_000, **_X0),
+    _recipe("vonmises_x0",
+            "Chapter 10's model in the plane: 100 points of a von Mises law on the unit circle "
+            "(kappa = 4) plus a point mass at the origin (weight 0.2), one circle point placed "
+            "opposite the mode; x0-prediction, cosine learning rate.",
+            DataRecipe("von_mises_mixture", dict(n=100, kappa=4.0, mu=0.0, origin_weight=0.2, isolated=math.pi, seed=0)),
+            dict(kind="mlp", data_shape=[2], hidden=128, n_blocks=3, time_dim=32), threads=1,
+            n_steps=40_000, batch_size=128, lr=2e-3, lr_schedule="cosine", parameterization="x0", snr_cap=5.0,
+            t_min=1e-3, seed=0),
+    _recipe("digits_rare3_x0",
+            "Chapter 12's class-conditional model: 100 digits of every class but 3, which has 5; "
+            "x0-prediction, class labels dropped with probability 0.1 for classifier-free guidance.",
+            DataRecipe("digits_with_rare_class", dict(rare=3, n_rare=5, n_per_class=100, seed=0)),
+            dict(_DIGITS_MLP, n_classes=10), n_steps=20_000, **_X0, label_dropout=0.1),
+]}
 
 
 class ChecksumError(ValueError):
@@ -92,70 +128,39 @@ def read_manifest(path: Path = MANIFEST) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _recipe(name: str) -> dict:
+def _get(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"name must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
     return RECIPES[name]
 
 
-def training_data(name: str, dtype=torch.float32, distinct: bool = False) -> torch.Tensor:
-    """The training set of recipe ``name``, exactly as the model saw it.
+def _deprecated_data(old: str, new: str):
+    warnings.warn(f"mempkg.checkpoints.{old}(name) is deprecated; use mempkg.data.{new}(RECIPES[name].data)",
+                  DeprecationWarning, stacklevel=3)
 
-    A recipe may duplicate some images (``data.duplicate = {n, times, seed}``): ``n`` images chosen
-    with ``seed`` appear ``times`` times in all, the extra copies appended after the distinct
-    images. ``distinct=True`` returns the distinct images only (what memorization is measured
-    against); :func:`duplicated_indices` says which of them were duplicated.
-    """
-    dup = _recipe(name)["data"].get("duplicate")
-    images = _load_distinct(name, dtype)
-    if dup is None or distinct:
-        return images
-    extra = images[duplicated_indices(name)].repeat(dup["times"] - 1, *([1] * (images.ndim - 1)))
-    return torch.cat([images, extra])
+
+def training_data(name: str, dtype=torch.float32, distinct: bool = False) -> torch.Tensor:
+    """Deprecated: :func:`mempkg.data.training_set` of ``RECIPES[name].data``."""
+    _deprecated_data("training_data", "training_set")
+    return data_module.training_set(_get(name).data, dtype=dtype, distinct=distinct)
 
 
 def training_labels(name: str) -> torch.Tensor:
-    """Class labels of the recipe's distinct training images (same order as ``training_data``)."""
-    return _load_distinct(name, return_labels=True)[1]
-
-
-def _load_distinct(name: str, dtype=torch.float32, return_labels: bool = False):
-    """The recipe's data set before any duplication (with its flips, when the recipe flips)."""
-    spec = {k: v for k, v in _recipe(name)["data"].items() if k != "duplicate"}
-    return data_module.load(spec.pop("name"), dtype=dtype, return_labels=return_labels, **spec)
+    """Deprecated: :func:`mempkg.data.training_labels` of ``RECIPES[name].data``."""
+    _deprecated_data("training_labels", "training_labels")
+    return data_module.training_labels(_get(name).data)
 
 
 def held_out_data(name: str, n: int | None = None, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
-    """Images of the recipe's data set that the model never saw, prepared like its training set.
-
-    Draws ``n`` (all when None) of the data set's images that are not among the training images,
-    with ``seed``; when the recipe flips its training images, the flips of the held-out images are
-    appended too, so both sets have the same mix of originals and mirror images.
-    """
-    spec = dict(_recipe(name)["data"])
-    source = data_module.load(spec["name"], dtype=dtype)
-    train = training_data(name, dtype=dtype, distinct=True)
-    if spec.get("flip"):
-        train = train[: len(train) // 2]
-    seen = (source.flatten(1)[:, None, :] == train.flatten(1)[None, :, :]).all(2).any(1)
-    pool = source[~seen]
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
-    if n is not None:
-        if not 1 <= n <= len(pool):
-            raise ValueError(f"n must lie in 1..{len(pool)} (the images the model never saw), got {n}")
-        order = order[:n]
-    images = pool[order]
-    return torch.cat([images, data_module.horizontal_flip(images)]) if spec.get("flip") else images
+    """Deprecated: :func:`mempkg.data.held_out` of ``RECIPES[name].data``."""
+    _deprecated_data("held_out_data", "held_out")
+    return data_module.held_out(_get(name).data, n=n, seed=seed, dtype=dtype)
 
 
 def duplicated_indices(name: str) -> torch.Tensor:
-    """Indices (into the distinct images) of the images a recipe duplicates; empty when none."""
-    spec = _recipe(name)["data"]
-    dup = spec.get("duplicate")
-    if dup is None:
-        return torch.zeros(0, dtype=torch.long)
-    g = torch.Generator().manual_seed(dup["seed"])
-    return torch.randperm(spec["n"], generator=g)[: dup["n"]].sort().values
+    """Deprecated: :func:`mempkg.data.duplicated_indices` of ``RECIPES[name].data``."""
+    _deprecated_data("duplicated_indices", "duplicated_indices")
+    return data_module.duplicated_indices(_get(name).data)
 
 
 def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = True, update_manifest: bool = True) -> Path:
@@ -165,30 +170,30 @@ def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = Tru
     recipe's thread count, so it is reproducible on the same machine; across machines the
     floating-point order of operations may differ. Returns the checkpoint's path.
     """
-    recipe = _recipe(name)
+    recipe = _get(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(recipe["threads"])
+    torch.set_num_threads(recipe.threads)
     try:
-        torch.manual_seed(recipe["init_seed"])
-        net = build_net(recipe["net"])
-        train_data = training_data(name)
-        labels = training_labels(name) if recipe["net"].get("n_classes") else None
+        torch.manual_seed(recipe.init_seed)
+        net = build_net(recipe.net)
+        train_data = data_module.training_set(recipe.data)
+        labels = data_module.training_labels(recipe.data) if recipe.net.get("n_classes") else None
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            train_score_model(net, train_data, VPSDE(), checkpoint=Path(tmp) / "resume.ckpt", progress=progress,
-                              labels=labels, **recipe["train"])
+            train_score_model(net, train_data, VPSDE(), recipe.train, checkpoint=Path(tmp) / "resume.ckpt",
+                              progress=progress, labels=labels)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     path = out_dir / f"{name}.pt"
-    torch.save({"config": net.config, "parameterization": recipe["train"]["parameterization"],
+    torch.save({"config": net.config, "parameterization": recipe.train.parameterization,
                 "state_dict": net.state_dict()}, path)
     if update_manifest:
         manifest_path = out_dir / "manifest.json"
         manifest = read_manifest(manifest_path)
-        manifest[name] = dict(file=path.name, sha256=sha256(path), recipe=recipe, command=f"python -m mempkg train {name}",
+        manifest[name] = dict(file=path.name, sha256=sha256(path), recipe=recipe.to_dict(), command=f"python -m mempkg train {name}",
                               training_seconds=round(seconds, 1), torch=torch.__version__, machine=platform.machine(),
                               parameters=sum(p.numel() for p in net.parameters()))
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -211,7 +216,7 @@ def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | 
     FileNotFoundError when the checkpoint or its manifest entry is missing;
     ChecksumError when the file's sha256 differs from the manifest (a corrupt or replaced file).
     """
-    _recipe(name)
+    _get(name)
     data_dir = Path(data_dir)
     if retrain:
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,10 +5,17 @@ Every image set is returned as a float tensor of shape ``(n, channels, height, w
 choice takes a ``seed`` so that chapters and tests are reproducible. Nothing here downloads:
 the digits ship with scikit-learn, synthetic sets are generated, and CIFAR-10 is read from a
 copy the user names.
+
+A trained model's data are described by a :class:`DataRecipe` (a data set of :func:`load` with its
+options, and optionally a :class:`Duplication` of some of its images); :func:`training_set`,
+:func:`training_labels`, :func:`held_out` and :func:`duplicated_indices` build from it exactly what
+the model saw, what it never saw, and which images it saw more than once. The registry of trained
+models (:mod:`mempkg.checkpoints`) holds the recipes.
 """
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +24,6 @@ import torch
 from ._checks import check_positive, check_positive_int
 
 __all__ = [
-    "DATASETS",
     "load",
     "digits",
     "cifar10",
@@ -27,9 +33,15 @@ __all__ = [
     "subspace_gaussian",
     "von_mises_mixture",
     "digits_with_rare_class",
+    "Duplication",
+    "DataRecipe",
+    "training_set",
+    "training_labels",
+    "held_out",
+    "duplicated_indices",
 ]
 
-DATASETS = ("digits", "cifar10")
+LOADERS = ("digits", "cifar10", "von_mises_mixture", "digits_with_rare_class")
 
 
 def _subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -181,8 +193,7 @@ def load(name: str, n: int | None = None, data_root=None, **kwargs):
         return von_mises_mixture(n, **kwargs)
     if name == "digits_with_rare_class":
         return digits_with_rare_class(**kwargs)
-    names = DATASETS + ("von_mises_mixture", "digits_with_rare_class")
-    raise ValueError(f"dataset must be one of {', '.join(map(repr, names))}, got {name!r}")
+    raise ValueError(f"dataset must be one of {', '.join(map(repr, LOADERS))}, got {name!r}")
 
 
 def random_points(n: int, dim: int = 2, radius: float = 1.0, min_separation: float = 0.0, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -294,3 +305,111 @@ def digits_with_rare_class(rare: int = 3, n_rare: int = 5, n_per_class: int = 10
         keep.append(np.sort(rng.choice(idx, size=m, replace=False)))
     keep = torch.as_tensor(np.concatenate(keep))
     return (images[keep], labels[keep]) if return_labels else images[keep]
+
+
+# --- the data of a trained model ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Duplication:
+    """``n`` images of a data set, chosen with ``seed``, that appear ``times`` times in training.
+
+    Duplication drives memorization (Carlini et al. 2023; Somepalli et al. 2023; seed 004,
+    Prop. 3.1); duplicating a known subset gives a part of the memorized set known in advance.
+    """
+
+    n: int
+    times: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """The training data of a model: a data set of :func:`load`, its options, and duplicates.
+
+    Attributes
+    ----------
+    name : str, a data set :func:`load` knows (``"digits"``, ``"von_mises_mixture"``, ...)
+    options : dict, keyword arguments of that loader (``n``, ``seed``, ``flip``, ``rare``, ...)
+    duplicate : Duplication or None
+    """
+
+    name: str
+    options: dict = field(default_factory=dict)
+    duplicate: Duplication | None = None
+
+    def __post_init__(self):
+        if self.name not in LOADERS:
+            raise ValueError(f"name must be one of {', '.join(map(repr, LOADERS))}, got {self.name!r}")
+        if self.duplicate is not None and "n" not in self.options:
+            raise ValueError("a recipe that duplicates images needs options['n'] (the number of distinct images)")
+
+    def __getattr__(self, key):
+        """Options read as attributes: ``recipe.data.rare``, ``recipe.data.n``."""
+        options = self.__dict__.get("options", {})
+        if key in options:
+            return options[key]
+        raise AttributeError(f"{type(self).__name__} has no attribute or option {key!r}")
+
+    def to_dict(self) -> dict:
+        """The flat form stored in ``data/manifest.json``: name, options, then the duplication."""
+        out = {"name": self.name, **self.options}
+        if self.duplicate is not None:
+            out["duplicate"] = dict(n=self.duplicate.n, times=self.duplicate.times, seed=self.duplicate.seed)
+        return out
+
+
+def _distinct(spec: DataRecipe, dtype=torch.float32, return_labels: bool = False):
+    """The recipe's data set before any duplication (with its flips, when the recipe flips)."""
+    return load(spec.name, dtype=dtype, return_labels=return_labels, **spec.options)
+
+
+def duplicated_indices(spec: DataRecipe) -> torch.Tensor:
+    """Indices (into the distinct images) of the images a recipe duplicates; empty when none."""
+    if spec.duplicate is None:
+        return torch.zeros(0, dtype=torch.long)
+    g = torch.Generator().manual_seed(spec.duplicate.seed)
+    return torch.randperm(spec.options["n"], generator=g)[: spec.duplicate.n].sort().values
+
+
+def training_set(spec: DataRecipe, dtype=torch.float32, distinct: bool = False) -> torch.Tensor:
+    """The training set of a recipe, exactly as the model saw it.
+
+    With a :class:`Duplication` ``{n, times, seed}``, ``n`` images chosen with ``seed`` appear
+    ``times`` times in all, the extra copies appended after the distinct images. ``distinct=True``
+    returns the distinct images only (what memorization is measured against);
+    :func:`duplicated_indices` says which of them were duplicated.
+    """
+    images = _distinct(spec, dtype)
+    if spec.duplicate is None or distinct:
+        return images
+    extra = images[duplicated_indices(spec)].repeat(spec.duplicate.times - 1, *([1] * (images.ndim - 1)))
+    return torch.cat([images, extra])
+
+
+def training_labels(spec: DataRecipe) -> torch.Tensor:
+    """Class labels of the recipe's distinct training images (same order as :func:`training_set`)."""
+    return _distinct(spec, return_labels=True)[1]
+
+
+def held_out(spec: DataRecipe, n: int | None = None, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Images of the recipe's data set that the model never saw, prepared like its training set.
+
+    Draws ``n`` (all when None) of the data set's images that are not among the training images,
+    with ``seed``; when the recipe flips its training images, the flips of the held-out images are
+    appended too, so both sets have the same mix of originals and mirror images.
+    """
+    source = load(spec.name, dtype=dtype)
+    train = training_set(spec, dtype=dtype, distinct=True)
+    flip = spec.options.get("flip", False)
+    if flip:
+        train = train[: len(train) // 2]
+    seen = (source.flatten(1)[:, None, :] == train.flatten(1)[None, :, :]).all(2).any(1)
+    pool = source[~seen]
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    if n is not None:
+        if not 1 <= n <= len(pool):
+            raise ValueError(f"n must lie in 1..{len(pool)} (the images the model never saw), got {n}")
+        order = order[:n]
+    images = pool[order]
+    return torch.cat([images, horizontal_flip(images)]) if flip else images

@@ -14,10 +14,11 @@ In the VP-SDE used throughout the book, ``sigma~^2(t) |s~|^2`` of the paper's DD
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_time
+from ._checks import check_positive, check_positive_int, check_time, no_other_kwargs, renamed_argument
 from .lid import flipd_at_noisy
 from .ode import integrate, ode_step, time_grid
 from .score import NetworkScore
@@ -54,17 +55,22 @@ class CFGScore:
     def __repr__(self) -> str:
         return f"CFGScore(label={self.label}, scale={self.scale:g})"
 
-    def cfg_vector(self, x: torch.Tensor, t) -> torch.Tensor:
-        """``s(x; t, c) - s(x; t, null)``."""
-        return self.conditional(x, t) - self.unconditional(x, t)
+    def cfg_vector(self, x: torch.Tensor, t, return_unconditional: bool = False):
+        """The CFG vector ``s(x; t, c) - s(x; t, null)`` (and the unconditional score, when asked).
+
+        Every CFG metric of :mod:`mempkg.guidance` is built on it (seed 004, Eqs. 2 and 24).
+        """
+        uncond = self.unconditional(x, t)
+        vec = self.conditional(x, t) - uncond
+        return (vec, uncond) if return_unconditional else vec
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        uncond = self.unconditional(x, t)
-        return uncond + self.scale * (self.conditional(x, t) - uncond)
+        vec, uncond = self.cfg_vector(x, t, return_unconditional=True)
+        return uncond + self.scale * vec
 
 
 @torch.no_grad()
-def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, labels, sde: VPSDE, t0: float = 0.01, n_steps: int = 3,
+def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, sde: VPSDE, labels, t0: float = 0.01, n_steps: int = 3,
                     scale: float | None = None):
     """CFG vector norm at (training) images, as seed 004 scores real images (App. C.1).
 
@@ -77,8 +83,8 @@ def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, labels, sde: VPSDE, t0
     ----------
     score : NetworkScore of a class-conditional network
     x : tensor ``(batch, *data_shape)``
-    labels : long tensor ``(batch,)`` or int: the classes ``c``
     sde : VPSDE
+    labels : long tensor ``(batch,)`` or int: the classes ``c``
     t0 : float in (0, 1] (0.01 in seed 004)
     n_steps : int (3 in seed 004)
     scale : float, optional
@@ -89,6 +95,10 @@ def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, labels, sde: VPSDE, t0
     -------
     tensor ``(batch,)`` (and a second one with the CFG-adjusted score norms).
     """
+    if hasattr(labels, "perturb"):              # the order (score, x, labels, sde) of versions up to 0.1
+        warnings.warn("cfg_vector_norm(score, x, labels, sde) is deprecated; call cfg_vector_norm(score, x, sde, labels)",
+                      DeprecationWarning, stacklevel=2)
+        sde, labels = labels, sde
     t0 = check_time(t0, "t0")
     n_steps = check_positive_int(n_steps, "n_steps")
     labels = torch.as_tensor(labels, dtype=torch.long, device=x.device).expand(x.shape[0])
@@ -97,24 +107,25 @@ def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, labels, sde: VPSDE, t0
     guided = torch.empty_like(out)
     for c in labels.unique().tolist():
         rows = (labels == c).nonzero().flatten()
-        cond, uncond = score.with_label(c), score.with_label(None)
+        guide = CFGScore(score, c, 1.0 if scale is None else scale)
         z = x[rows]
         for k in range(n_steps):
-            z = ode_step(sde, cond, z, taus[k], taus[k + 1])
-        s_c, s_u = cond(z, t0), uncond(z, t0)
-        out[rows] = sde.sigma(t0) * (s_c - s_u).reshape(len(rows), -1).norm(dim=1)
+            z = ode_step(guide.conditional, z, sde, taus[k], taus[k + 1])
+        vec, s_u = guide.cfg_vector(z, t0, return_unconditional=True)
+        out[rows] = sde.sigma(t0) * vec.reshape(len(rows), -1).norm(dim=1)
         if scale is not None:
-            guided[rows] = sde.sigma(t0) * (s_u + scale * (s_c - s_u)).reshape(len(rows), -1).norm(dim=1)
+            guided[rows] = sde.sigma(t0) * (s_u + scale * vec).reshape(len(rows), -1).norm(dim=1)
     return out if scale is None else (out, guided)
 
 
 @torch.no_grad()
-def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0, n_samples: int = 16,
+def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0, n_trajectories: int = 16,
                 n_steps: int = 50, t_max_flipd: float = 0.2, t_min: float = 1e-3, n_probes: int | None = 1,
-                generator: torch.Generator | None = None, dtype=torch.float32, device=None) -> dict[str, float]:
+                generator: torch.Generator | None = None, dtype=torch.float32, device=None,
+                **deprecated) -> dict[str, float]:
     """Trajectory-averaged memorization metrics of a class (seed 004, App. D.2, Eqs. 24-28).
 
-    Samples ``n_samples`` trajectories of the guided probability-flow ODE for class ``label`` from
+    Samples ``n_trajectories`` trajectories (``n_samples`` in versions up to 0.1) of the guided probability-flow ODE for class ``label`` from
     ``t = 1`` to ``t_min`` on a uniform grid of ``n_steps`` steps, and averages over the grid times and
     the trajectories:
 
@@ -129,17 +140,20 @@ def cfg_metrics(score: NetworkScore, label: int, sde: VPSDE, scale: float = 1.0,
     -------
     dict with the three metrics (floats).
     """
-    check_positive_int(n_samples, "n_samples")
+    if "n_samples" in deprecated:
+        n_trajectories = renamed_argument(deprecated, "n_samples", "n_trajectories", "cfg_metrics")
+    no_other_kwargs(deprecated, "cfg_metrics")
+    n_samples = check_positive_int(n_trajectories, "n_trajectories")
     check_positive(t_max_flipd, "t_max_flipd")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     guided = CFGScore(score, label, scale)
     x = sde.prior_sample((n_samples, *score.data_shape), generator=generator, dtype=dtype, device=device)
-    traj = integrate(sde, guided, x, 1.0, t_min, n_steps, grid="uniform", return_trajectory=True)
+    traj = integrate(guided, x, sde, 1.0, t_min, n_steps, grid="uniform", return_trajectory=True)
     a_cfg, a_score, a_flipd = [], [], []
     for t, xt in zip(traj.times[1:].tolist(), traj.states[1:]):
-        s_u = guided.unconditional(xt, t)
-        s_cfg = s_u + scale * (guided.conditional(xt, t) - s_u)
+        vec, s_u = guided.cfg_vector(xt, t, return_unconditional=True)
+        s_cfg = s_u + scale * vec
         v = sde.v(t)
         a_cfg.append(v * (s_cfg - s_u).reshape(n_samples, -1).pow(2).sum(1).mean().item())
         a_score.append(v * s_cfg.reshape(n_samples, -1).pow(2).sum(1).mean().item())

@@ -11,7 +11,9 @@ The manifold memorization hypothesis compares the dimension of the model's manif
 * :func:`lpca` -- local PCA on a data set (Fukunaga & Olsen 1971; seed 004, App. B.2 and C.1):
   the number of significant explained variances in each point's neighbourhood.
 * :func:`jacobian_rank` -- the rank of a decoder's Jacobian (seed 004, App. B.3), for GAN-like
-  models ``x = G(z)``.
+  models ``x = G(z)``. The book's models are diffusion models, so no chapter calls it; it stays
+  because it is seed 004's estimator for the generators it also studies, and a user's decoder
+  needs nothing else (the tests check it on linear and curved decoders).
 
 All work on batches (``(batch, *data_shape)``), on any device, in float32 or float64, and with
 any score callable (exact scores give analytic Jacobian-vector products).
@@ -22,11 +24,13 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_positive_int, check_time
+from ._checks import check_choice, check_positive_int, check_time, no_other_kwargs, renamed_argument
+from .metrics import nearest_neighbors
+from .score import score_jvp
 from .sde import VPSDE
-from .volume import score_jvp
 
-__all__ = ["flipd", "flipd_at_noisy", "flipd_closed_form_subspace", "normal_bundle", "rank_by_gap", "lpca", "knn_indices", "jacobian_rank"]
+__all__ = ["flipd", "flipd_at_noisy", "flipd_closed_form_subspace", "normal_bundle", "rank_by_gap", "rank_by_quantile",
+           "lpca", "knn_indices", "jacobian_rank"]
 
 
 def _rademacher(shape, generator, dtype, device):
@@ -71,45 +75,79 @@ def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | 
 
 
 @torch.no_grad()
-def flipd_at_noisy(score, y: torch.Tensor, sde: VPSDE, t: float, n_probes: int | None = 1,
+def flipd_at_noisy(score, x: torch.Tensor, sde: VPSDE, t: float, n_probes: int | None = 1,
                    generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
-    """``d + v(t) (tr grad s(y, t) + |s(y, t)|^2)`` at points ``y`` already at noise level ``t``.
+    """``d + v(t) (tr grad s(x, t) + |s(x, t)|^2)`` at points ``x`` already at noise level ``t``.
 
-    :func:`flipd` is this at ``y = alpha(t0) x``; seed 004's ``A^FLIPD`` (Eq. 26) evaluates it along
-    sampling trajectories, where the points are noisy already. Arguments as in :func:`flipd`.
+    :func:`flipd` is this at ``x = alpha(t0) x_clean``; seed 004's ``A^FLIPD`` (Eq. 26) evaluates it
+    along sampling trajectories, where the points are noisy already. Arguments as in :func:`flipd`.
+
+    Cost. For a score with an analytic ``jvp`` (the exact scores) the trace uses it. For a network,
+    Hutchinson's ``E[u^T J u]`` is computed in reverse mode: one forward pass of the ``n_probes``
+    copies of each point, whose output also gives ``|s|^2``, and one backward pass for ``J^T u``
+    (``u^T J^T u = u^T J u``) -- one forward and one backward for one probe. The exact trace pushes
+    the ``d`` basis vectors through :func:`mempkg.score.score_jvp` in chunks of ``chunk_size``.
     """
     t0 = check_time(t, "t")
     if n_probes is not None:
         n_probes = check_positive_int(n_probes, "n_probes")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    b, d = y.shape[0], math.prod(y.shape[1:])
+    b, d = x.shape[0], math.prod(x.shape[1:])
     v, sigma = sde.v(t0), sde.sigma(t0)
     eps_form = getattr(score, "parameterization", None) == "eps" and hasattr(score, "predict_eps")
-    if eps_form:
-        field, out = (lambda z, t: score.predict_eps(z, t)), score.predict_eps(y, t0)
+    field = (lambda z, t: score.predict_eps(z, t)) if eps_form else score
+    if n_probes is not None and not hasattr(score, "jvp"):
+        trace, sq = _hutchinson_reverse(field, x, t0, n_probes, generator, chunk_size)
     else:
-        field, out = score, score(y, t0)
-    trace = torch.zeros(b, dtype=y.dtype, device=y.device)
-    if n_probes is None:
-        eye = torch.eye(d, dtype=y.dtype, device=y.device)
-        for start in range(0, d, chunk_size):
-            basis = eye[start:start + chunk_size]                                     # (k, d)
-            tangents = basis.expand(b, *basis.shape).reshape(b, basis.shape[0], *y.shape[1:])
-            jv = score_jvp(field, y, t0, tangents).reshape(b, basis.shape[0], d)
-            trace += (jv * basis).sum((1, 2))
-    else:
-        done = 0
-        while done < n_probes:
-            k = min(chunk_size, n_probes - done)
-            probes = _rademacher((b, k, *y.shape[1:]), generator, y.dtype, y.device)
-            jv = score_jvp(field, y, t0, probes)
-            trace += (jv * probes).reshape(b, k, d).sum(2).sum(1)
-            done += k
-        trace = trace / n_probes
-    sq = out.reshape(b, d).pow(2).sum(1)
+        out = field(x, t0)
+        sq = out.reshape(b, d).pow(2).sum(1)
+        trace = _trace_forward(field, x, t0, n_probes, generator, chunk_size)
     if eps_form:
         return d - sigma * trace + sq
     return d + v * (trace + sq)
+
+
+def _trace_forward(field, x, t, n_probes, generator, chunk_size):
+    """Exact trace (basis tangents) or Hutchinson's estimate by Jacobian-vector products."""
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    trace = torch.zeros(b, dtype=x.dtype, device=x.device)
+    if n_probes is None:
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        for start in range(0, d, chunk_size):
+            basis = eye[start:start + chunk_size]                                     # (k, d)
+            tangents = basis.expand(b, *basis.shape).reshape(b, basis.shape[0], *x.shape[1:])
+            jv = score_jvp(field, x, t, tangents).reshape(b, basis.shape[0], d)
+            trace += (jv * basis).sum((1, 2))
+        return trace
+    done = 0
+    while done < n_probes:
+        k = min(chunk_size, n_probes - done)
+        probes = _rademacher((b, k, *x.shape[1:]), generator, x.dtype, x.device)
+        jv = score_jvp(field, x, t, probes)
+        trace += (jv * probes).reshape(b, k, d).sum(2).sum(1)
+        done += k
+    return trace / n_probes
+
+
+def _hutchinson_reverse(field, x, t, n_probes, generator, chunk_size):
+    """Hutchinson's trace by vector-Jacobian products, and ``|field|^2`` from the same forward pass."""
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    trace = torch.zeros(b, dtype=x.dtype, device=x.device)
+    sq = None
+    done = 0
+    while done < n_probes:
+        k = min(chunk_size, n_probes - done)
+        probes = _rademacher((b, k, *x.shape[1:]), generator, x.dtype, x.device)
+        tt = t.repeat_interleave(k) if isinstance(t, torch.Tensor) and t.ndim == 1 else t
+        with torch.enable_grad():
+            z = x.detach().repeat_interleave(k, dim=0).requires_grad_(True)
+            out = field(z, tt)
+            (vjp,) = torch.autograd.grad(out, z, grad_outputs=probes.reshape(b * k, *x.shape[1:]))
+        if sq is None:
+            sq = out.detach()[::k].reshape(b, d).pow(2).sum(1)
+        trace += (vjp.reshape(b, k, d) * probes.reshape(b, k, d)).sum((1, 2))
+        done += k
+    return trace / n_probes, sq
 
 
 def flipd_closed_form_subspace(x: torch.Tensor, k: int, sde: VPSDE, t0: float) -> torch.Tensor:
@@ -135,10 +173,24 @@ def rank_by_gap(singular_values: torch.Tensor) -> torch.Tensor:
     return (sv[:, :-1] - sv[:, 1:]).argmax(1) + 1
 
 
+def rank_by_quantile(singular_values: torch.Tensor, quantile: float = 0.1) -> torch.Tensor:
+    """Numerical rank against one threshold for all rows: the ``quantile`` of all singular values.
+
+    Seed 004's rule for the normal bundle and the GAN Jacobian (App. C.1): pool the raw singular
+    values of every point of the batch, take their 10th percentile (``quantile = 0.1``) as a global
+    threshold, and count, per point, the singular values above it. The answer depends on the batch
+    (the threshold is shared); shape ``(batch,)``.
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
+    tau = torch.quantile(singular_values.flatten(), quantile)
+    return (singular_values > tau).sum(1)
+
+
 @torch.no_grad()
 def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples: int | None = None,
                   threshold: float | None = None, center: bool = False, generator: torch.Generator | None = None,
-                  return_singular_values: bool = False):
+                  return_singular_values: bool = False, quantile: float | None = None):
     """Normal-bundle estimate of ``LID_theta(x)`` (Stanczuk et al. 2024; seed 004, Eqs. 7-8).
 
     Draws ``K = n_samples`` noisy copies ``x_t = alpha(t0) x + sigma(t0) eps`` of each point, stacks
@@ -159,15 +211,18 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
         to be close to each other compared with the drop to the tangent ones (of order
         ``sqrt(K)``): true for ``K = 4d`` when ``d`` is in the tens or more, not in ``d`` of a few,
         where ``K`` of a few hundred is needed.
-        Seed 004 thresholds at the 10th percentile of all singular values: compute them with
-        ``return_singular_values=True`` and pass the percentile.
+        Seed 004 thresholds at the 10th percentile of all singular values instead: ``quantile``.
     center : bool
         Subtract the mean score first. For a point slightly off the model's manifold all scores
         share a component pointing back to it, which adds one to the rank; centring removes it.
     generator : torch.Generator, optional
     return_singular_values : bool
-        Also return the raw singular values, ``(batch, min(K, d))``, e.g. to threshold all points at
-        one global percentile as seed 004 does (App. C.1).
+        Also return the raw singular values, ``(batch, min(K, d))``, e.g. to apply another rank rule
+        to the same draws (:func:`rank_by_gap`, :func:`rank_by_quantile`).
+    quantile : float in (0, 1), optional
+        Seed 004's rule (App. C.1): one threshold for the whole batch, the ``quantile`` of the raw
+        singular values of all its points (0.1 in the paper); see :func:`rank_by_quantile`.
+        Exclusive with ``threshold``.
 
     Returns
     -------
@@ -178,6 +233,11 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
     k = 4 * d if n_samples is None else check_positive_int(n_samples, "n_samples")
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1) (relative to the largest singular value), got {threshold!r}")
+    if quantile is not None:
+        if threshold is not None:
+            raise ValueError("quantile and threshold are two rank rules: give at most one")
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
     lids, svs = [], []
     for i in range(b):
         noise = torch.randn(k, *x.shape[1:], generator=generator, dtype=x.dtype, device=x.device)
@@ -190,8 +250,10 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
         rank = rank_by_gap(sv) if threshold is None else (sv > threshold).sum(1)
         lids.append(d - rank)
         svs.append(raw)
-    lid = torch.cat(lids)
-    return (lid, torch.cat(svs)) if return_singular_values else lid
+    lid, raw = torch.cat(lids), torch.cat(svs)
+    if quantile is not None:
+        lid = d - rank_by_quantile(raw, quantile)
+    return (lid, raw) if return_singular_values else lid
 
 
 def _local_spectra(data: torch.Tensor, neighbourhoods: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -218,23 +280,16 @@ def knn_indices(data: torch.Tensor, n_neighbors: int, x: torch.Tensor | None = N
 
 
 def _knn(data, n_neighbors, x):
-    n = data.shape[0]
-    n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
-    limit = n - 1 if x is None else n
-    if n_neighbors > limit:
-        raise ValueError(f"n_neighbors must be at most {limit} (the number of candidate neighbours), got {n_neighbors}")
-    flat = data.reshape(n, -1).double()
+    """:func:`mempkg.metrics.nearest_neighbors` in float64, from the data to itself when ``x`` is None."""
+    flat = data.reshape(data.shape[0], -1).double()
     queries = flat if x is None else x.reshape(x.shape[0], -1).to(flat)
-    dist = torch.cdist(queries, flat, compute_mode="donot_use_mm_for_euclid_dist")
-    if x is None:
-        dist.fill_diagonal_(float("inf"))
-    return torch.topk(dist, n_neighbors, dim=1, largest=False)
+    return nearest_neighbors(queries, flat, n_neighbors=n_neighbors, exclude_self=x is None)
 
 
 @torch.no_grad()
 def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 100, version: str = "fo",
-         alpha: float = 0.05, variance_quantile: float = 0.1, distance_quantile: float = 0.1,
-         neighbors: torch.Tensor | None = None) -> torch.Tensor:
+         variance_ratio: float = 0.05, variance_quantile: float = 0.1, distance_quantile: float = 0.1,
+         neighbors: torch.Tensor | None = None, **deprecated) -> torch.Tensor:
     """Local PCA estimate of ``LID_*`` (Fukunaga & Olsen 1971; seed 004, App. B.2 and C.1).
 
     Each query point's neighbourhood is its ``n_neighbors`` nearest points of ``data``
@@ -242,8 +297,9 @@ def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 1
     and its explained variances ``lambda_1 >= lambda_2 >= ...`` (denominator ``m - 1``) computed.
 
     ``version="fo"``
-        Fukunaga-Olsen: the number of ``lambda_i > alpha * lambda_1``. This is scikit-dimension's
-        ``lPCA(ver="FO", alphaFO=alpha).fit_pw(data, n_neighbors=n_neighbors)`` (the tests check
+        Fukunaga-Olsen: the number of ``lambda_i > variance_ratio * lambda_1``. This is
+        scikit-dimension's ``lPCA(ver="FO", alphaFO=variance_ratio).fit_pw(data, n_neighbors=n_neighbors)``
+        (``alpha`` in versions up to 0.1, renamed: ``alpha`` is the VP-SDE's signal scale; the tests check
         pointwise agreement).
     ``version="ross"``
         Seed 004's modification (App. C.1): one global threshold, the ``variance_quantile``
@@ -265,7 +321,11 @@ def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 1
     long tensor ``(batch,)``.
     """
     check_choice(version, "version", ("fo", "ross"))
-    for name, value in (("alpha", alpha), ("variance_quantile", variance_quantile), ("distance_quantile", distance_quantile)):
+    if "alpha" in deprecated:
+        variance_ratio = renamed_argument(deprecated, "alpha", "variance_ratio", "lpca")
+    no_other_kwargs(deprecated, "lpca")
+    for name, value in (("variance_ratio", variance_ratio), ("variance_quantile", variance_quantile),
+                        ("distance_quantile", distance_quantile)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     n = data.shape[0]
@@ -274,11 +334,11 @@ def lpca(data: torch.Tensor, x: torch.Tensor | None = None, n_neighbors: int = 1
         if version != "fo":
             raise ValueError("neighbors can only be given with version='fo'")
         spectra = _local_spectra(flat, list(torch.as_tensor(neighbors)))
-        return torch.tensor([int((s > alpha * s[0]).sum()) for s in spectra], device=data.device)
+        return torch.tensor([int((s > variance_ratio * s[0]).sum()) for s in spectra], device=data.device)
     dknn, knn = _knn(data, n_neighbors, x)
     if version == "fo":
         spectra = _local_spectra(flat, list(knn))
-        return torch.tensor([int((s > alpha * s[0]).sum()) for s in spectra], device=data.device)
+        return torch.tensor([int((s > variance_ratio * s[0]).sum()) for s in spectra], device=data.device)
     pairwise = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
     iu = torch.triu_indices(n, n, 1)
     radius = torch.quantile(pairwise[iu[0], iu[1]], distance_quantile)

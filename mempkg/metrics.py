@@ -4,23 +4,28 @@
   (the raw material of every copy detector in the book).
 * :func:`normalized_l2` -- Carlini et al.'s calibrated l2 (seed 000, Eq. 7): the distance to the
   nearest training image divided by ``alpha`` times the mean distance to the ``n`` nearest.
-* :func:`memorized_indices` -- the training images that a set of generations copies, by
-  thresholding the calibrated l2.
+* :func:`find_copies` -- which generations copy a training image (calibrated l2 below a
+  threshold) and which training images they copy: the memorized set.
+* :func:`memorized_set` -- the same for a model: generate with the probability-flow ODE, then
+  :func:`find_copies`. Chapters 4, 5, 11 and 12 find their memorized images with these two.
+* :func:`memorized_indices` -- the sorted indices of the copied training images only.
 
 * :func:`png_complexity` -- the length of an image's PNG encoding, a proxy for its complexity
   (seed 004, App. C.2).
 * :func:`auc` -- the area under the ROC curve of a score separating two groups, how every
   detector of the book is measured.
 
-Later chapters add AMS/UMS (seed 002, Eqs. 14-15) here.
 """
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive, check_positive_int
+from dataclasses import dataclass
 
-__all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "png_complexity", "auc", "COPY_THRESHOLD"]
+from ._checks import check_positive, check_positive_int, renamed_argument, no_other_kwargs
+
+__all__ = ["nearest_neighbors", "normalized_l2", "find_copies", "memorized_set", "Copies", "memorized_indices",
+           "png_complexity", "auc", "COPY_THRESHOLD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
 #: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
@@ -28,14 +33,19 @@ __all__ = ["nearest_neighbors", "normalized_l2", "memorized_indices", "png_compl
 COPY_THRESHOLD = 1 / 3
 
 
-def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_size: int = 1024, exclude_self: bool = False):
-    """Euclidean distances and indices of the ``k`` nearest training points of each row of ``x``.
+def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, n_neighbors: int = 1, chunk_size: int = 1024,
+                      exclude_self: bool = False, **deprecated):
+    """Euclidean distances and indices of the ``n_neighbors`` nearest training points of each row of ``x``.
+
+    The one neighbour search of the package: copy detection (:func:`normalized_l2`) and local PCA
+    (:func:`mempkg.lid.lpca`) use it. Distances are computed in the dtype of ``x``, without the
+    matrix-product expansion (exact for duplicates).
 
     Parameters
     ----------
     x : tensor ``(batch, *data_shape)``
     train : tensor ``(n, *data_shape)``
-    k : int, 1 <= k <= n
+    n_neighbors : int, 1 <= n_neighbors <= n (``k`` in versions up to 0.1)
     chunk_size : int
         Rows of ``x`` processed at once (memory ``chunk_size * n``).
     exclude_self : bool
@@ -44,18 +54,22 @@ def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_si
 
     Returns
     -------
-    distances : tensor ``(batch, k)``, ascending
-    indices : long tensor ``(batch, k)``, into ``train``
+    distances : tensor ``(batch, n_neighbors)``, ascending
+    indices : long tensor ``(batch, n_neighbors)``, into ``train``
     """
+    if "k" in deprecated:
+        n_neighbors = renamed_argument(deprecated, "k", "n_neighbors", "nearest_neighbors")
+    no_other_kwargs(deprecated, "nearest_neighbors")
+    k = n_neighbors
     if x.shape[1:] != train.shape[1:]:
         raise ValueError(f"x and train must share the data shape, got {tuple(x.shape[1:])} and {tuple(train.shape[1:])}")
     n = train.shape[0]
-    k = check_positive_int(k, "k")
+    k = check_positive_int(k, "n_neighbors")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     if exclude_self and x.shape[0] != n:
         raise ValueError("exclude_self=True needs x to be the training set itself (same length)")
     if k > n - int(exclude_self):
-        raise ValueError(f"k must be at most {n - int(exclude_self)} (the number of candidates), got {k}")
+        raise ValueError(f"n_neighbors must be at most {n - int(exclude_self)} (the number of candidates), got {k}")
     xf = x.reshape(x.shape[0], -1)
     tf = train.reshape(n, -1).to(dtype=xf.dtype, device=xf.device)
     dists, idxs = [], []
@@ -70,19 +84,21 @@ def nearest_neighbors(x: torch.Tensor, train: torch.Tensor, k: int = 1, chunk_si
     return torch.cat(dists), torch.cat(idxs)
 
 
-def normalized_l2(gen: torch.Tensor, train: torch.Tensor, alpha: float = 0.5, n_neighbors: int = 50, chunk_size: int = 1024):
+def normalized_l2(gen: torch.Tensor, train: torch.Tensor, mean_scale: float = 0.5, n_neighbors: int = 50,
+                  chunk_size: int = 1024, **deprecated):
     """Carlini et al.'s calibrated l2 of each generation (seed 000, Eq. 7).
 
-    ``l(x_hat) = |x_hat - x_1| / (alpha * mean_{j <= n} |x_hat - x_j|)`` where ``x_1, ..., x_n`` are
-    the ``n`` nearest training images of ``x_hat`` (the mean includes the nearest one). The range
-    is [0, 1/alpha] (0 for an exact copy); small values mean that ``x_hat`` is much closer to one training image than
-    to its other neighbours: a copy.
+    ``l(x_hat) = |x_hat - x_1| / (c * mean_{j <= n} |x_hat - x_j|)`` where ``x_1, ..., x_n`` are
+    the ``n`` nearest training images of ``x_hat`` (the mean includes the nearest one) and ``c`` is
+    ``mean_scale`` (Carlini et al.'s alpha; renamed because ``alpha`` is the VP-SDE's signal scale
+    everywhere else in the package). The range is [0, 1/c] (0 for an exact copy); small values mean
+    that ``x_hat`` is much closer to one training image than to its other neighbours: a copy.
 
     Parameters
     ----------
     gen : tensor ``(batch, *data_shape)``, generations
     train : tensor ``(n, *data_shape)``
-    alpha : float > 0 (0.5 in Carlini et al. and seed 000)
+    mean_scale : float > 0 (0.5 in Carlini et al. and seed 000; ``alpha`` in versions up to 0.1)
     n_neighbors : int, size of the calibration set S (50 in Carlini et al.), at most ``n``
 
     Returns
@@ -90,24 +106,109 @@ def normalized_l2(gen: torch.Tensor, train: torch.Tensor, alpha: float = 0.5, n_
     ratio : tensor ``(batch,)``
     nearest : long tensor ``(batch,)``: the index of the nearest training image
     """
-    alpha = check_positive(alpha, "alpha")
+    if "alpha" in deprecated:
+        mean_scale = renamed_argument(deprecated, "alpha", "mean_scale", "normalized_l2")
+    no_other_kwargs(deprecated, "normalized_l2")
+    mean_scale = check_positive(mean_scale, "mean_scale")
     n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
     if n_neighbors > train.shape[0]:
         raise ValueError(f"n_neighbors must be at most the training set size {train.shape[0]}, got {n_neighbors}")
-    d, idx = nearest_neighbors(gen, train, k=n_neighbors, chunk_size=chunk_size)
-    return d[:, 0] / (alpha * d.mean(1)), idx[:, 0]
+    d, idx = nearest_neighbors(gen, train, n_neighbors=n_neighbors, chunk_size=chunk_size)
+    return d[:, 0] / (mean_scale * d.mean(1)), idx[:, 0]
 
 
-def memorized_indices(gen: torch.Tensor, train: torch.Tensor, threshold: float = COPY_THRESHOLD, alpha: float = 0.5,
+@dataclass
+class Copies:
+    """Which generations copy which training images (result of :func:`find_copies`).
+
+    Attributes
+    ----------
+    ratio : tensor ``(n_gen,)``, the calibrated l2 of each generation (:func:`normalized_l2`)
+    nearest : long tensor ``(n_gen,)``, the index of its nearest training image
+    is_copy : bool tensor ``(n_gen,)``, ``ratio < threshold``
+    memorized : long tensor, the sorted distinct training indices copied at least once
+    counts : long tensor, how many generations copy each of ``memorized``
+    threshold : float
+    samples : tensor ``(n_gen, *data_shape)`` or None, the generations (kept by :func:`memorized_set`)
+    """
+
+    ratio: torch.Tensor
+    nearest: torch.Tensor
+    is_copy: torch.Tensor
+    memorized: torch.Tensor
+    counts: torch.Tensor
+    threshold: float
+    samples: torch.Tensor | None = None
+
+    @property
+    def rate(self) -> float:
+        """The share of generations that are copies."""
+        return self.is_copy.double().mean().item()
+
+    def memorized_mask(self, n_train: int) -> torch.Tensor:
+        """A bool tensor ``(n_train,)`` marking the memorized training images."""
+        mask = torch.zeros(n_train, dtype=torch.bool)
+        mask[self.memorized.cpu()] = True
+        return mask
+
+
+def find_copies(gen: torch.Tensor, train: torch.Tensor, threshold: float = COPY_THRESHOLD, mean_scale: float = 0.5,
+                n_neighbors: int = 50) -> Copies:
+    """The memorized set a set of generations reveals: calibrated l2 below ``threshold``.
+
+    A generation is a *copy* of its nearest training image when its calibrated l2
+    (:func:`normalized_l2`, seed 000 Eq. 7) is below ``threshold``; a training image is
+    *memorized* when at least one generation copies it (the book's definition, chapter 4).
+
+    Parameters
+    ----------
+    gen : tensor ``(n_gen, *data_shape)``
+    train : tensor ``(n, *data_shape)``
+    threshold : float > 0, default :data:`COPY_THRESHOLD` (1/3)
+    mean_scale, n_neighbors : as in :func:`normalized_l2`
+
+    Returns
+    -------
+    :class:`Copies`.
+    """
+    threshold = check_positive(threshold, "threshold")
+    ratio, nearest = normalized_l2(gen, train, mean_scale=mean_scale, n_neighbors=n_neighbors)
+    is_copy = ratio < threshold
+    memorized, counts = torch.unique(nearest[is_copy], return_counts=True)
+    return Copies(ratio, nearest, is_copy, memorized, counts, threshold)
+
+
+def memorized_set(score, train: torch.Tensor, sde, n_generate: int, n_steps: int = 50,
+                  threshold: float = COPY_THRESHOLD, generator: torch.Generator | None = None,
+                  mean_scale: float = 0.5, n_neighbors: int = 50, **sample_kwargs) -> Copies:
+    """The memorized set of a model: generate ``n_generate`` samples, then :func:`find_copies`.
+
+    Samples are drawn with :func:`mempkg.sampling.sample_ode` (``n_steps`` Heun steps on the log
+    grid, then denoised) in the dtype and on the device of ``train``; ``sample_kwargs`` go to it.
+    The returned :class:`Copies` keeps the samples (``.samples``).
+    """
+    from .sampling import sample_ode
+
+    n_generate = check_positive_int(n_generate, "n_generate")
+    threshold = check_positive(threshold, "threshold")
+    sample_kwargs.setdefault("dtype", train.dtype)
+    sample_kwargs.setdefault("device", train.device)
+    samples = sample_ode(score, (n_generate, *train.shape[1:]), sde, n_steps=n_steps, generator=generator,
+                         **sample_kwargs)
+    found = find_copies(samples, train, threshold, mean_scale=mean_scale, n_neighbors=n_neighbors)
+    found.samples = samples
+    return found
+
+
+def memorized_indices(gen: torch.Tensor, train: torch.Tensor, threshold: float = COPY_THRESHOLD, mean_scale: float = 0.5,
                       n_neighbors: int = 50, return_counts: bool = False):
-    """Training images copied by at least one generation: calibrated l2 below ``threshold``.
+    """Training images copied by at least one generation: :func:`find_copies`' ``memorized``.
 
     Returns the sorted unique indices into ``train`` (and, with ``return_counts``, how many
     generations copy each of them).
     """
-    threshold = check_positive(threshold, "threshold")
-    ratio, nearest = normalized_l2(gen, train, alpha=alpha, n_neighbors=n_neighbors)
-    return torch.unique(nearest[ratio < threshold], return_counts=return_counts)
+    found = find_copies(gen, train, threshold, mean_scale=mean_scale, n_neighbors=n_neighbors)
+    return (found.memorized, found.counts) if return_counts else found.memorized
 
 
 def png_complexity(images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ predicted clean image ``x0``, depending on how :class:`mempkg.score.NetworkScore
   (d = 64) a width-256, 3-block net trains at a few hundred steps per second on 2 cores and is
   the model of chapters 4-5 (a conv net is not needed at that size and is ~10x slower).
 * :class:`UNet` -- a two-level U-Net with GroupNorm and time-conditioned residual blocks, for
-  8x8 and 32x32 images (CIFAR-10 scale runs, on a GPU).
+  8x8 and 32x32 images. No chapter trains it at its defaults (at 8x8 the MLP is as good and ~10x
+  faster on a CPU); it stays for the CIFAR-10 runs the chapters accept through their ``dataset``
+  parameter, where a convolutional network is needed (on a GPU). The tests train it briefly.
 
 References: Ho et al. (2020) for the architecture family; Song et al. (2021).
 """

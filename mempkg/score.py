@@ -21,21 +21,79 @@ This module provides the exact ones:
 and the learned one, :class:`NetworkScore`, which reads a network's output as a predicted noise
 (``"eps"``) or a predicted clean image (``"x0"``) and converts it to a score.
 
+:func:`score_jvp` is the one place where the derivative of a score along a direction is taken
+(analytically for exact scores, by forward-mode autodiff otherwise).
+
 Each class also exposes ``log_prob(x, t)``, so scores can be checked against autograd and
 likelihoods computed exactly.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from ._checks import as_time_tensor, check_choice, check_positive_int, check_time
 from .sde import VPSDE
 
-__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "PARAMETERIZATIONS"]
+__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "PARAMETERIZATIONS",
+           "score_jvp"]
 
 PARAMETERIZATIONS = ("eps", "x0")
+
+
+def score_jvp(score, x: torch.Tensor, t, tangents: torch.Tensor) -> torch.Tensor:
+    """Derivative of any score along directions: ``(d score / d x)(x, t) u`` for each tangent ``u``.
+
+    Parameters
+    ----------
+    score : callable ``score(x, t)``
+        Uses ``score.jvp(x, t, tangents)`` when the score provides one (the exact scores of this
+        module do, analytically), else forward-mode automatic differentiation
+        (``torch.func.jvp``) over all tangents at once.
+    x : tensor ``(batch, *data_shape)``
+    t : float or tensor ``(batch,)``; per-example times follow their points
+    tangents : tensor ``(batch, k, *data_shape)``
+
+    Returns
+    -------
+    tensor ``(batch, k, *data_shape)``.
+
+    Volume growth (tangent propagation, :func:`mempkg.ode.ode_step_jvp`) and FLIPD's trace
+    (:func:`mempkg.lid.flipd`) are built on it.
+    """
+    if hasattr(score, "jvp"):
+        return score.jvp(x, t, tangents)
+    with warnings.catch_warnings():  # torch's forward-AD set-up warns about its own use of jit
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        try:
+            return _jvp_shared_primal(score, x, t, tangents)
+        except (RuntimeError, NotImplementedError):     # a score vmap cannot batch: copy the points
+            return _jvp_repeated_points(score, x, t, tangents)
+
+
+def _jvp_shared_primal(score, x, t, tangents):
+    """Forward-mode JVPs of all ``k`` tangents of a point with one primal pass (``vmap`` of ``jvp``).
+
+    The score is evaluated once on ``x`` and only the tangent computations are batched over the
+    ``k`` directions, which costs about one forward pass on ``batch * k`` points instead of the
+    two or three that forward-mode AD on ``k`` copies of each point costs.
+    """
+    def one(u):
+        return torch.func.jvp(lambda z: score(z, t), (x,), (u,))[1]
+
+    return torch.func.vmap(one, in_dims=1, out_dims=1)(tangents.contiguous())
+
+
+def _jvp_repeated_points(score, x, t, tangents):
+    """Forward-mode JVPs on ``k`` copies of each point (for scores ``vmap`` cannot batch)."""
+    b, k = tangents.shape[:2]
+    xr = x.repeat_interleave(k, dim=0)                      # a copy: forward AD rejects overlapping views
+    if isinstance(t, torch.Tensor) and t.ndim == 1:        # per-example times follow their points
+        t = t.repeat_interleave(k)
+    _, out = torch.func.jvp(lambda z: score(z, t), (xr,), (tangents.contiguous().reshape(b * k, *x.shape[1:]),))
+    return out.reshape(tangents.shape)
 
 
 class _ExactScore:
@@ -522,21 +580,26 @@ class NetworkScore:
     def _net(self, x, t):
         return self.net(x, t) if self.label is None else self.net(x, t, self.label)
 
+    def _predict(self, x: torch.Tensor, t, what: str) -> torch.Tensor:
+        """The network's output read as ``what`` ("eps" or "x0"), using ``x = alpha x0 + sigma eps``."""
+        out = self._net(x, t)
+        if self.parameterization == what:
+            return out
+        tt = as_time_tensor(t, x)
+        alpha, sigma = self.sde.alpha(tt), self.sde.sigma(tt)
+        return (x - alpha * out) / sigma if what == "eps" else (x - sigma * out) / alpha
+
     def predict_eps(self, x: torch.Tensor, t) -> torch.Tensor:
         """The network's estimate of the noise in ``x = alpha x0 + sigma eps``."""
-        out = self._net(x, t)
-        if self.parameterization == "eps":
-            return out
-        tt = as_time_tensor(t, x)
-        return (x - self.sde.alpha(tt) * out) / self.sde.sigma(tt)
+        return self._predict(x, t, "eps")
 
     def predict_x0(self, x: torch.Tensor, t) -> torch.Tensor:
-        """The network's estimate of the clean image (the denoiser)."""
-        out = self._net(x, t)
-        if self.parameterization == "x0":
-            return out
-        tt = as_time_tensor(t, x)
-        return (x - self.sde.sigma(tt) * out) / self.sde.alpha(tt)
+        """The network's estimate of the clean image (the denoiser).
+
+        The counterpart of :meth:`predict_eps` for either parameterization; for exact scores
+        :func:`mempkg.sampling.denoise` (Tweedie's formula) gives the same quantity.
+        """
+        return self._predict(x, t, "x0")
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         tt = as_time_tensor(t, x)

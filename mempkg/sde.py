@@ -116,8 +116,14 @@ class VPSDE:
 
     # --- the SDE and its marginals (Eqs. 3-4) -----------------------------------------------
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Drift of the forward SDE, ``f(x, t) = -beta(t)/2 x`` (Eq. 3)."""
-        return -0.5 * self.beta(as_time_tensor(t, x)) * x
+        """Drift of the forward SDE, ``f(x, t) = -beta(t)/2 x`` (Eq. 3).
+
+        ``t`` is a float (one time for the batch, computed in double precision) or a ``(batch,)``
+        tensor.
+        """
+        if isinstance(t, torch.Tensor):
+            return -0.5 * self.beta(as_time_tensor(t, x)) * x
+        return -0.5 * self.beta(t) * x
 
     def diffusion(self, t):
         """Diffusion coefficient of the forward SDE, ``g(t) = sqrt(beta(t))`` (Eq. 3)."""
@@ -159,12 +165,29 @@ class VPSDE:
         d = flat.shape[1]
         return -0.5 * (flat * flat).sum(1) - 0.5 * d * math.log(2 * math.pi)
 
-    # --- the probability-flow ODE (Eqs. 8-9) -------------------------------------------------
+    # --- the reverse processes: reverse SDE and probability-flow ODE (Eqs. 2, 8-9) ------------
+    def reverse_drift(self, score, x: torch.Tensor, t, probability_flow: bool = False) -> torch.Tensor:
+        """Drift of the reverse-time process, in forward time (integrate it with ``dt < 0``).
+
+        ``probability_flow=False``: the reverse SDE ``dx = [f - g^2 s] dt + g dw_bar`` (seed 000,
+        Eq. 2 with gamma = 1; Anderson 1982), drift ``f(x, t) - g(t)^2 score(x, t)``.
+        ``probability_flow=True``: the probability-flow ODE (Eq. 8), drift
+        ``f - g^2/2 score = -beta(t)/2 (x + score(x, t))``, which is :meth:`ode_drift`.
+        Song et al.'s ``sde.reverse(score, probability_flow=...)`` plays the same role.
+
+        ``score`` is any callable ``score(x, t)`` returning ``grad_x log p_t(x)``.
+        """
+        if probability_flow:
+            return self.ode_drift(score, x, t)
+        tt = as_time_tensor(t, x)
+        return self.drift(x, t) - self.beta(tt) * score(x, t)
+
     def ode_drift(self, score, x: torch.Tensor, t) -> torch.Tensor:
         """Drift of the probability-flow ODE, ``-beta(t)/2 (x + score(x, t))`` (Eq. 8).
 
         ``score`` is any callable ``score(x, t)`` returning ``grad_x log p_t(x)``. Dividing by
-        ``dm/dt = beta(t)/2`` gives Eq. 9, ``dx/dm = -(x + s(x))``.
+        ``dm/dt = beta(t)/2`` gives Eq. 9, ``dx/dm = -(x + s(x))``. Every ODE step of mempkg
+        (:func:`mempkg.ode.ode_step`) evaluates this drift.
         """
         tt = as_time_tensor(t, x)
         return -0.5 * self.beta(tt) * (x + score(x, t))

@@ -45,10 +45,11 @@ import torch
 from tqdm import tqdm
 
 from ._checks import check_choice, check_positive, check_positive_int, check_time
-from .ode import GRIDS, METHODS, _check_finite, ode_step, time_grid
+from .ode import GRIDS, METHODS, check_finite, ode_step, ode_step_jvp, time_grid
+from .score import score_jvp as _score_jvp
 from .sde import VPSDE
 
-__all__ = ["volume_growth", "volume_growth_loop", "VolumeGrowth", "score_jvp"]
+__all__ = ["volume_growth", "volume_growth_loop", "VolumeGrowth"]
 
 VOLUME_METHODS = ("paper", "qr", "jvp")
 
@@ -94,40 +95,9 @@ class VolumeGrowth:
 
 
 def score_jvp(score, x: torch.Tensor, t, tangents: torch.Tensor) -> torch.Tensor:
-    """``(d score / d x) u`` for tangents ``u`` of shape ``(batch, k, *data_shape)``.
-
-    Uses ``score.jvp`` when the score provides one (exact scores do, analytically), else
-    forward-mode automatic differentiation (``torch.func.jvp``) over all tangents at once.
-    """
-    if hasattr(score, "jvp"):
-        return score.jvp(x, t, tangents)
-    b, k = tangents.shape[:2]
-    xr = x.repeat_interleave(k, dim=0)                      # a copy: forward AD rejects overlapping views
-    tangents = tangents.contiguous()
-    if isinstance(t, torch.Tensor) and t.ndim == 1:        # per-example times follow their points
-        t = t.repeat_interleave(k)
-    with warnings.catch_warnings():  # torch's forward-AD set-up warns about its own use of jit
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        _, out = torch.func.jvp(lambda z: score(z, t), (xr,), (tangents.reshape(b * k, *x.shape[1:]),))
-    return out.reshape(tangents.shape)
-
-
-def _drift_jvp(sde: VPSDE, score, x, t, tangents):
-    """Derivative of the ODE drift ``-beta/2 (x + s)`` applied to tangents ``(batch, k, ...)``."""
-    return -0.5 * sde.beta(t) * (tangents + score_jvp(score, x, t, tangents))
-
-
-def _step_jvp(sde, score, x, ta, tb, tangents, method):
-    """The ODE step of ``x`` and its derivative applied to ``tangents`` (exact for the scheme)."""
-    h = tb - ta
-    da = sde.ode_drift(score, x, ta)
-    dv = _drift_jvp(sde, score, x, ta, tangents)
-    if method == "euler":
-        return x + h * da, tangents + h * dv
-    x_pred = x + h * da
-    v_pred = tangents + h * dv
-    return (x + 0.5 * h * (da + sde.ode_drift(score, x_pred, tb)),
-            tangents + 0.5 * h * (dv + _drift_jvp(sde, score, x_pred, tb, v_pred)))
+    """Deprecated alias of :func:`mempkg.score.score_jvp` (its home since version 0.2)."""
+    warnings.warn("mempkg.volume.score_jvp is deprecated; use mempkg.score.score_jvp", DeprecationWarning, stacklevel=2)
+    return _score_jvp(score, x, t, tangents)
 
 
 def _orthonormalise(vectors: torch.Tensor):
@@ -245,15 +215,15 @@ def _volume_growth_chunk(score, x0, sde, n_axes, sigma, taus, method, generator,
     for k in tqdm(range(len(taus_list) - 1), disable=not progress, desc=f"volume growth ({method})", leave=False):
         ta, tb = taus_list[k], taus_list[k + 1]
         if method == "jvp":
-            c_new, v_new = _step_jvp(sde, score, centre.reshape(b, *shape), ta, tb,
-                                     offsets.reshape(b, n_axes, *shape), ode_method)
+            c_new, v_new = ode_step_jvp(score, centre.reshape(b, *shape), sde, ta, tb,
+                                        offsets.reshape(b, n_axes, *shape), ode_method)
             centre, moved = c_new.reshape(b, d), v_new.reshape(b, n_axes, d)
         else:
             pts = torch.cat([centre[:, None], centre[:, None] + offsets], dim=1)     # (b, N+1, d)
-            pts = ode_step(sde, score, pts.reshape(b * (n_axes + 1), *shape), ta, tb, ode_method)
+            pts = ode_step(score, pts.reshape(b * (n_axes + 1), *shape), sde, ta, tb, ode_method)
             pts = pts.reshape(b, n_axes + 1, d)
             centre, moved = pts[:, 0], pts[:, 1:] - pts[:, :1]
-        _check_finite(moved.reshape(b, -1), k + 1, tb, f"volume-growth ({method})")
+        check_finite(moved.reshape(b, -1), k + 1, tb, f"volume-growth ({method})")
         if method == "paper":
             lengths = moved.norm(dim=2)                                        # (b, N)
             log_l = log_l + (lengths.log() - offsets.norm(dim=2).log()).sum(1)
@@ -301,8 +271,8 @@ def volume_growth_loop(score, x0: torch.Tensor, sde: VPSDE, n_axes: int = 100, s
         log_l = 0.0
         for k in range(n_steps):                                              # line 5
             old = (points - centre).norm(dim=1)
-            centre = ode_step(sde, score, centre.reshape(1, *shape), taus[k], taus[k + 1]).reshape(1, d)   # line 6
-            points = ode_step(sde, score, points.reshape(n_axes, *shape), taus[k], taus[k + 1]).reshape(n_axes, d)  # line 7
+            centre = ode_step(score, centre.reshape(1, *shape), sde, taus[k], taus[k + 1]).reshape(1, d)   # line 6
+            points = ode_step(score, points.reshape(n_axes, *shape), sde, taus[k], taus[k + 1]).reshape(n_axes, d)  # line 7
             new = (points - centre).norm(dim=1)
             log_l += float((new.log() - old.log()).sum())                     # lines 8-10
             order = new.argsort(descending=True)                              # line 11

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mempkg import data
+from mempkg import VPSDE, data
 
 
 def test_digits_shape_range_and_labels():
@@ -105,3 +105,27 @@ def test_von_mises_mixture_puts_points_on_the_circle_and_at_the_origin():
     assert torch.equal(x, data.load("von_mises_mixture", n=500, kappa=3.0, origin_weight=0.3, isolated=3.0, seed=1))
     with pytest.raises(ValueError, match="origin_weight"):
         data.von_mises_mixture(10, origin_weight=1.0)
+
+
+def test_data_and_sde_accept_valid_edge_values():
+    x = data.von_mises_mixture(50, kappa=0.0, origin_weight=0.0, seed=0)
+    assert torch.allclose(x.norm(dim=1), torch.ones(50), atol=1e-6)
+    assert VPSDE(np.float32(0.1), np.float64(20.0)).beta_max == 20.0
+
+
+def test_a_recipe_builds_its_training_set_duplicates_and_held_out_images():
+    spec = data.DataRecipe("digits", dict(n=8, seed=0), data.Duplication(n=2, times=3, seed=0))
+    assert data.training_set(spec).shape == (12, 1, 8, 8)              # 8 + 2 x 2 extra copies
+    dup = data.duplicated_indices(spec)
+    assert dup.shape == (2,)
+    full = data.training_set(spec)
+    assert torch.equal(full[8:10], full[dup]) and torch.equal(full[10:12], full[dup])
+    assert spec.n == 8 and spec.to_dict() == dict(name="digits", n=8, seed=0, duplicate=dict(n=2, times=3, seed=0))
+    flipped = data.DataRecipe("digits", dict(n=16, seed=0, flip=True))
+    held = data.held_out(flipped, n=30, seed=1)
+    assert held.shape == (60, 1, 8, 8)
+    seen = data.training_set(flipped)
+    assert not (held.flatten(1)[:, None] == seen.flatten(1)[None]).all(2).any()
+    with pytest.raises(ValueError, match="name must be one of"):
+        data.DataRecipe("mnist")
+

@@ -7,7 +7,8 @@ import torch
 
 from mempkg import VPSDE, EmpiricalScore, GaussianScore
 from mempkg.data import digits, subspace_gaussian
-from mempkg.lid import flipd, flipd_closed_form_subspace, jacobian_rank, knn_indices, lpca, normal_bundle, rank_by_gap
+from mempkg.lid import (flipd, flipd_closed_form_subspace, jacobian_rank, knn_indices, lpca, normal_bundle, rank_by_gap,
+                        rank_by_quantile)
 from mempkg.nets import MLPScoreNet
 from mempkg.score import NetworkScore, SphereScore
 
@@ -100,7 +101,7 @@ def test_lpca_agrees_with_scikit_dimension_on_the_same_neighbourhoods():
     data = digits(250, seed=3, dtype=F64).flatten(1)
     knn = knn_indices(data, 40)
     reference = skdim.id.lPCA(ver="FO", alphaFO=0.05).fit_pw(data.numpy(), precomputed_knn=knn.numpy()).dimension_pw_
-    ours = lpca(data, neighbors=knn, alpha=0.05)
+    ours = lpca(data, neighbors=knn, variance_ratio=0.05)
     assert np.array_equal(ours.numpy(), reference)
     assert torch.equal(lpca(data, n_neighbors=40), ours)
 
@@ -152,3 +153,62 @@ def test_flipd_of_a_single_point_through_autodiff():
     score = NetworkScore(MLPScoreNet((2,), hidden=8, n_blocks=1), SDE, "x0")
     one = flipd(score, torch.zeros(1, 2), SDE, t0=0.05, n_probes=None)
     assert one.shape == (1,) and torch.isfinite(one).all()
+
+
+def test_lid_arguments_are_checked():
+    x = torch.randn(30, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="variance_ratio"):
+        lpca(x, n_neighbors=10, variance_ratio=1.5)
+    with pytest.raises(ValueError, match="distance_quantile"):
+        lpca(x, n_neighbors=10, version="ross", distance_quantile=-0.1)
+    model = GaussianScore(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), SDE)
+    with pytest.raises(ValueError, match="threshold"):
+        normal_bundle(model, x[:1], SDE, threshold=2.0)
+    with pytest.raises(ValueError, match="quantile"):
+        normal_bundle(model, x[:1], SDE, quantile=1.5)
+    with pytest.raises(ValueError, match="at most one"):
+        normal_bundle(model, x[:1], SDE, threshold=0.1, quantile=0.1)
+    with pytest.warns(DeprecationWarning, match="variance_ratio"):
+        assert torch.equal(lpca(x, n_neighbors=10, alpha=0.05), lpca(x, n_neighbors=10, variance_ratio=0.05))
+
+
+def test_the_percentile_rule_is_one_global_threshold_on_the_same_draws():
+    """normal_bundle(quantile=q) = d - #(singular values above the q-quantile of the whole batch)."""
+    x, _ = subspace_gaussian(4, dim=6, k=2, seed=0)
+    model = GaussianScore(torch.zeros(6, dtype=F64), torch.diag(torch.tensor([1.0, 1.0, 0, 0, 0, 0], dtype=F64)), SDE)
+    lid, sv = normal_bundle(model, x, SDE, t0=0.01, n_samples=60, quantile=0.1,
+                            generator=torch.Generator().manual_seed(0), return_singular_values=True)
+    _, sv_again = normal_bundle(model, x, SDE, t0=0.01, n_samples=60, generator=torch.Generator().manual_seed(0),
+                                return_singular_values=True)
+    assert torch.equal(sv, sv_again)
+    assert torch.equal(lid, 6 - (sv > torch.quantile(sv.flatten(), 0.1)).sum(1))
+    assert torch.equal(lid, 6 - rank_by_quantile(sv, 0.1))
+
+
+def test_one_probe_flipd_is_the_same_estimate_in_reverse_and_forward_mode():
+    """Hutchinson by vector-Jacobian products (networks) equals the one by JVPs on the same probes."""
+    torch.manual_seed(0)
+    score = NetworkScore(MLPScoreNet((5,), hidden=16, n_blocks=1), SDE, "x0")
+    x = torch.randn(7, 5, dtype=torch.float64)
+    score.net.double()
+    for n_probes in (1, 3):
+        reverse = flipd(score, x, SDE, t0=0.1, n_probes=n_probes, generator=torch.Generator().manual_seed(1))
+        forward = flipd(WithForwardJvp(score), x, SDE, t0=0.1, n_probes=n_probes,
+                        generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(reverse, forward, rtol=1e-10, atol=1e-9)
+
+
+class WithForwardJvp:
+    """A score that offers a jvp (by forward-mode autodiff), so FLIPD takes its forward-mode path."""
+
+    def __init__(self, score):
+        self.score = score
+
+    def __call__(self, x, t):
+        return self.score(x, t)
+
+    def jvp(self, x, t, tangents):
+        b, k = tangents.shape[:2]
+        _, out = torch.func.jvp(lambda z: self.score(z, t), (x.repeat_interleave(k, 0),),
+                                (tangents.reshape(b * k, *x.shape[1:]),))
+        return out.reshape(tangents.shape)

@@ -9,7 +9,7 @@ def test_nearest_neighbors_match_brute_force():
     g = torch.Generator().manual_seed(0)
     train = torch.randn(50, 1, 3, 3, generator=g)
     x = torch.randn(20, 1, 3, 3, generator=g)
-    d, i = nearest_neighbors(x, train, k=3, chunk_size=7)
+    d, i = nearest_neighbors(x, train, n_neighbors=3, chunk_size=7)
     full = ((x.flatten(1)[:, None] - train.flatten(1)[None]) ** 2).sum(-1).sqrt()
     ref_d, ref_i = full.topk(3, largest=False)
     assert torch.equal(i, ref_i) and torch.allclose(d, ref_d, atol=1e-6)
@@ -22,19 +22,19 @@ def test_exclude_self_skips_the_zero_distance():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="k must be at most"):
-        nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 2), k=4)
+    with pytest.raises(ValueError, match="n_neighbors must be at most"):
+        nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 2), n_neighbors=4)
     with pytest.raises(ValueError, match="data shape"):
         nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="k must be"):
-        nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 2), k=0)
+    with pytest.raises(ValueError, match="n_neighbors must be"):
+        nearest_neighbors(torch.zeros(2, 2), torch.zeros(3, 2), n_neighbors=0)
 
 
 def test_normalized_l2_matches_its_definition():
     g = torch.Generator().manual_seed(1)
     train = torch.randn(80, 5, generator=g)
     gen = torch.cat([train[:3] + 1e-3, torch.randn(4, 5, generator=g)])
-    ratio, nearest = normalized_l2(gen, train, alpha=0.5, n_neighbors=10)
+    ratio, nearest = normalized_l2(gen, train, mean_scale=0.5, n_neighbors=10)
     d = torch.cdist(gen, train, compute_mode="donot_use_mm_for_euclid_dist")
     ds, _ = d.sort(dim=1)
     assert torch.allclose(ratio, ds[:, 0] / (0.5 * ds[:, :10].mean(1)), rtol=1e-5)

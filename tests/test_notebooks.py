@@ -114,13 +114,15 @@ def test_book_builds_offline_without_warnings(tmp_path):
 
 @pytest.mark.slow
 def test_volume_growth_benchmark_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "volume_growth.py"), "--points", "2", "--axes", "4",
-                          "--steps", "2"], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "volume_growth.py"), "--batch", "2", "--axes", "4",
+                          "--steps", "2", "--loop-points", "2", "--repeats", "1"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "ratio (1.0 = only the score)" in out.stdout and "jvp" in out.stdout
     assert "speed-up (loop / batched)" in out.stdout and "ranking all 1797 digits" in out.stdout
 
 
 @pytest.mark.slow
 def test_lid_benchmark_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lid.py"), "--points", "4"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lid.py"), "--points", "4", "--repeats", "1"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     assert "x forward+backward" in out.stdout and "normal bundle" in out.stdout

@@ -6,6 +6,8 @@ import torch
 
 from mempkg import VPSDE, EmpiricalScore, GaussianScore, MixtureScore
 from mempkg.data import digits
+from mempkg.nets import MLPScoreNet
+from mempkg.score import NetworkScore, SphereScore, score_jvp
 
 SDE = VPSDE()
 F64 = torch.float64
@@ -169,3 +171,31 @@ def test_errors_name_the_parameter():
         GaussianScore(torch.zeros(2), torch.eye(3), SDE)
     with pytest.raises(ValueError, match="weights"):
         MixtureScore([GaussianScore(torch.zeros(2), torch.eye(2), SDE)], weights=[-1.0])
+
+
+def test_score_jvp_follows_per_example_times():
+    torch.manual_seed(0)
+    score = NetworkScore(MLPScoreNet((3,), hidden=8, n_blocks=1), SDE, "eps")
+    x, t = torch.randn(2, 3), torch.tensor([0.2, 0.7])
+    tangents = torch.randn(2, 4, 3)
+    out = score_jvp(score, x, t, tangents)
+    single = score_jvp(score, x[1:], 0.7, tangents[1:])
+    assert out.shape == (2, 4, 3) and torch.allclose(out[1:], single, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,ambient", [(1, 2), (1, 5), (2, 3), (2, 6)])
+@pytest.mark.parametrize("t", [0.01, 0.2, 0.9])
+def test_sphere_score_is_the_gradient_of_its_log_density(k, ambient, t):
+    model = SphereScore(k, ambient, SDE, radius=1.3)
+    x = model.sample(16, t, generator=torch.Generator().manual_seed(k + ambient), dtype=F64)
+    assert torch.allclose(model(x, t), autograd_score(model, x, t), rtol=1e-8, atol=1e-8)
+
+
+def test_sphere_log_density_integrates_to_one_on_the_circle():
+    """log_prob of the noised circle in R^2 is a density: its integral over a wide grid is 1."""
+    model = SphereScore(1, 2, SDE)
+    g = torch.linspace(-4, 4, 801, dtype=F64)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    pts = torch.stack([xx.flatten(), yy.flatten()], 1)
+    mass = model.log_prob(pts, 0.3).exp().sum().item() * (g[1] - g[0]).item() ** 2
+    assert abs(mass - 1.0) < 1e-4

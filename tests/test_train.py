@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mempkg import VPSDE, checkpoints
+from mempkg.data import DataRecipe, Duplication, held_out, training_set
 from mempkg.nets import MLPScoreNet, UNet, build_net
 from mempkg.score import EmpiricalScore, NetworkScore
-from mempkg.train import dsm_loss, train_score_model
+from mempkg.train import TrainConfig, dsm_loss, train_score_model
 
 SDE = VPSDE()
 
@@ -111,8 +112,10 @@ def test_committed_checkpoints_load_and_match_their_manifest():
         assert checkpoints.sha256(checkpoints.DATA_DIR / entry["file"]) == entry["sha256"]
         assert entry["command"] == f"python -m mempkg train {name}"
         score = checkpoints.load_model(name)
-        assert score.parameterization == checkpoints.RECIPES[name]["train"]["parameterization"]
-        x = checkpoints.training_data(name)[:2]
+        recipe = checkpoints.RECIPES[name]
+        assert score.parameterization == recipe.train.parameterization
+        assert entry["recipe"] == recipe.to_dict(), "the manifest records the recipe the registry holds"
+        x = training_set(recipe.data)[:2]
         assert score(x, 0.5).shape == x.shape
 
 
@@ -132,22 +135,61 @@ def test_a_corrupt_checkpoint_is_refused(tmp_path):
 
 
 def test_train_recipe_writes_a_verifiable_checkpoint(tmp_path, monkeypatch):
-    tiny = dict(description="tiny", data=dict(name="digits", n=8, seed=0, duplicate=dict(n=2, times=3, seed=0)),
-                net=dict(kind="mlp", data_shape=[1, 8, 8], hidden=8, n_blocks=1, time_dim=8),
-                train=dict(n_steps=3, batch_size=4, lr=1e-3, parameterization="eps", snr_cap=5.0, t_min=1e-3, seed=0),
-                init_seed=0, threads=1)
+    tiny = checkpoints.Recipe(
+        "tiny", "tiny", DataRecipe("digits", dict(n=8, seed=0), Duplication(n=2, times=3, seed=0)),
+        dict(kind="mlp", data_shape=[1, 8, 8], hidden=8, n_blocks=1, time_dim=8),
+        TrainConfig(n_steps=3, batch_size=4, lr=1e-3, parameterization="eps", snr_cap=5.0, t_min=1e-3, seed=0),
+        init_seed=0, threads=1)
     monkeypatch.setitem(checkpoints.RECIPES, "tiny", tiny)
-    assert checkpoints.training_data("tiny").shape == (12, 1, 8, 8)            # 8 + 2 x 2 extra copies
-    assert checkpoints.duplicated_indices("tiny").shape == (2,)
+    with pytest.warns(DeprecationWarning, match="training_set"):
+        assert checkpoints.training_data("tiny").shape == (12, 1, 8, 8)        # the deprecated spelling
     path = checkpoints.train_recipe("tiny", out_dir=tmp_path, progress=False)
     entry = json.loads((tmp_path / "manifest.json").read_text())["tiny"]
-    assert entry["sha256"] == checkpoints.sha256(path) and entry["recipe"] == tiny
+    assert entry["sha256"] == checkpoints.sha256(path) and entry["recipe"] == tiny.to_dict()
+    assert entry["recipe"]["data"]["duplicate"] == dict(n=2, times=3, seed=0)
     assert isinstance(checkpoints.load_model("tiny", data_dir=tmp_path), NetworkScore)
 
 
 def test_held_out_images_were_never_trained_on():
-    name = "digits64_x0"
-    train = checkpoints.training_data(name)
-    held = checkpoints.held_out_data(name, n=30, seed=1)
+    spec = checkpoints.RECIPES["digits64_x0"].data
+    train = training_set(spec)
+    held = held_out(spec, n=30, seed=1)
     assert held.shape == (60, 1, 8, 8)                                          # flips appended
     assert not (held.flatten(1)[:, None] == train.flatten(1)[None]).all(2).any()
+
+
+def test_network_arguments_are_checked():
+    with pytest.raises(ValueError, match="time_dim must be even"):
+        MLPScoreNet((2,), time_dim=5)
+    with pytest.raises(ValueError, match="base must be divisible"):
+        UNet((1, 8, 8), base=12, groups=8)
+
+
+def test_training_refuses_to_resume_a_checkpoint_of_other_settings(tmp_path):
+    net = MLPScoreNet((2,), hidden=4, n_blocks=1, time_dim=4)
+    x = torch.randn(8, 2)
+    train_score_model(net, x, SDE, n_steps=2, batch_size=4, progress=False, checkpoint=tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match="other settings"):
+        train_score_model(net, x, SDE, TrainConfig(4, batch_size=4, lr=0.5), progress=False,
+                          checkpoint=tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match="snr_cap"):
+        train_score_model(net, x, SDE, n_steps=2, snr_cap=-1.0, progress=False)
+    with pytest.raises(ValueError, match="t_min"):
+        TrainConfig(2, t_min=2.0)
+    with pytest.raises(TypeError, match="not both"):
+        train_score_model(net, x, SDE, TrainConfig(2), lr=0.1)
+
+
+def test_a_config_and_its_keywords_train_the_same_network():
+    data = torch.randn(8, 2)
+    nets = []
+    for use_config in (True, False):
+        torch.manual_seed(0)
+        net = MLPScoreNet((2,), hidden=8, n_blocks=1, time_dim=4)
+        if use_config:
+            train_score_model(net, data, SDE, TrainConfig(20, batch_size=4, lr=1e-2, seed=3), progress=False)
+        else:
+            train_score_model(net, data, SDE, n_steps=20, batch_size=4, lr=1e-2, seed=3, progress=False)
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(p, q)

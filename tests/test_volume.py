@@ -8,7 +8,8 @@ from mempkg import VPSDE, EmpiricalScore, GaussianScore, MixtureScore
 from mempkg.data import digits
 from mempkg.nets import MLPScoreNet
 from mempkg.score import NetworkScore
-from mempkg.volume import score_jvp, volume_growth
+from mempkg.score import score_jvp
+from mempkg.volume import volume_growth
 
 SDE = VPSDE()
 F64 = torch.float64
