@@ -16,10 +16,14 @@ Modules (one idea each):
 * :mod:`mempkg.volume` -- volume growth along the probability-flow ODE (seed 000, Eq. 13, Alg. 1)
 * :mod:`mempkg.lid` -- local intrinsic dimension: FLIPD, normal bundle, local PCA (seed 004)
 * :mod:`mempkg.guidance` -- classifier-free guidance and the CFG memorization metrics (seed 004)
+* :mod:`mempkg.side` -- the SIDE attack: classifiers, TDKD, the oracle noisy posterior, guided
+  sampling (seed 002, Section 4)
 * :mod:`mempkg.nets`, :mod:`mempkg.train`, :mod:`mempkg.checkpoints` -- small score networks,
   denoising score matching, and the book's committed trained models
 * :mod:`mempkg.data` -- digits, synthetic sets, local CIFAR-10
 * :mod:`mempkg.metrics` -- the one nearest-neighbour search, Carlini's calibrated l2, memorized sets
+* :mod:`mempkg.retrieval` -- replication by retrieval: cosine and split-product similarity, feature
+  extractors, calibrated replication rates, a benchmark of known replicas (seed 003)
 * :mod:`mempkg.plotting`, :mod:`mempkg.report`, :mod:`mempkg.run` -- the book's figures,
   closing tables and papermill runs (imported on first use)
 
@@ -28,9 +32,9 @@ SDE); the book's notation page lists the names used throughout.
 """
 import importlib
 
-from . import checkpoints, data, guidance, lid, metrics, nets, ode, sampling, score, sde, train, volume
+from . import checkpoints, data, guidance, lid, metrics, nets, ode, retrieval, sampling, score, sde, side, train, volume
 from .ode import integrate
-from .score import EmpiricalScore, GaussianScore, MixtureScore, NetworkScore, SphereScore
+from .score import EmpiricalScore, GaussianScore, GuidedScore, MixtureScore, NetworkScore, SphereScore
 from .sde import VPSDE
 from .volume import volume_growth
 
@@ -57,6 +61,8 @@ __all__ = [
     "ode",
     "plotting",
     "report",
+    "retrieval",
+    "side",
     "run",
     "sampling",
     "score",
@@ -67,6 +73,7 @@ __all__ = [
     "volume_growth",
     "NetworkScore",
     "EmpiricalScore",
+    "GuidedScore",
     "GaussianScore",
     "MixtureScore",
     "SphereScore",

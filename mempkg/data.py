@@ -392,14 +392,16 @@ def training_labels(spec: DataRecipe) -> torch.Tensor:
     return _distinct(spec, return_labels=True)[1]
 
 
-def held_out(spec: DataRecipe, n: int | None = None, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+def held_out(spec: DataRecipe, n: int | None = None, seed: int = 0, dtype=torch.float32,
+             return_labels: bool = False):
     """Images of the recipe's data set that the model never saw, prepared like its training set.
 
     Draws ``n`` (all when None) of the data set's images that are not among the training images,
     with ``seed``; when the recipe flips its training images, the flips of the held-out images are
-    appended too, so both sets have the same mix of originals and mirror images.
+    appended too, so both sets have the same mix of originals and mirror images. With
+    ``return_labels`` also their class labels.
     """
-    source = load(spec.name, dtype=dtype)
+    source, source_labels = load(spec.name, dtype=dtype, return_labels=True)
     train = training_set(spec, dtype=dtype, distinct=True)
     flip = spec.options.get("flip", False)
     if flip:
@@ -411,5 +413,7 @@ def held_out(spec: DataRecipe, n: int | None = None, seed: int = 0, dtype=torch.
         if not 1 <= n <= len(pool):
             raise ValueError(f"n must lie in 1..{len(pool)} (the images the model never saw), got {n}")
         order = order[:n]
-    images = pool[order]
-    return torch.cat([images, horizontal_flip(images)]) if flip else images
+    images, labels = pool[order], source_labels[~seen][order]
+    if flip:
+        images, labels = torch.cat([images, horizontal_flip(images)]), torch.cat([labels, labels])
+    return (images, labels) if return_labels else images

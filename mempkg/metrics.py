@@ -14,6 +14,8 @@
   (seed 004, App. C.2).
 * :func:`auc` -- the area under the ROC curve of a score separating two groups, how every
   detector of the book is measured.
+* :func:`ams_ums`, :func:`calibrate_bands`, :func:`expected_unique` -- seed 002's extraction
+  metrics AMS and UMS (Eqs. 14-15), bands that mean what they say, and App. B's Eq. 150.
 
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from ._checks import check_positive, check_positive_int, renamed_argument, no_other_kwargs
 
 __all__ = ["nearest_neighbors", "normalized_l2", "find_copies", "memorized_set", "Copies", "memorized_indices",
-           "png_complexity", "auc", "COPY_THRESHOLD"]
+           "png_complexity", "auc", "COPY_THRESHOLD", "ams_ums", "calibrate_bands", "expected_unique",
+           "BANDS_PAPER_L2", "BANDS_PAPER_SSCD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
 #: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
@@ -255,3 +258,96 @@ def auc(positive, negative) -> float:
         raise ValueError("positive and negative must each hold at least one score")
     diff = pos[:, None] - neg[None, :]
     return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
+
+
+# --- AMS and UMS (seed 002, Eqs. 14-15; App. B) -------------------------------------------------
+# Written for chapter 7; extend here rather than duplicating.
+
+#: Seed 002's bands for Carlini's normalized l2 (lower is more similar), as written in Section 5.1.
+#: Read literally they leave every close copy (l < 1.35) outside all bands; chapter 7 shows it.
+BANDS_PAPER_L2 = {"low": (1.5, 10.0), "mid": (1.4, 1.5), "high": (1.35, 1.4)}
+#: Seed 002's bands for SSCD similarity (higher is more similar), Section 5.1.
+BANDS_PAPER_SSCD = {"low": (0.4, 0.5), "mid": (0.5, 0.6), "high": (0.6, 1.0)}
+
+
+def ams_ums(gamma, nearest, low: float, high: float, all_matches: bool = False):
+    """AMS and UMS of a set of generations in the band ``low <= gamma < high`` (seed 002, Eqs. 14-15).
+
+    Parameters
+    ----------
+    gamma : tensor ``(n_gen,)``, each generation's similarity or distance to its matched training
+        image (e.g. :func:`normalized_l2`); or ``(n_gen, k)`` with ``all_matches=True``
+    nearest : long tensor ``(n_gen,)``, the index of that image; or ``(n_gen, k)``
+    low, high : the band; half-open ``[low, high)`` so that adjacent bands do not share a point
+        (the paper writes both ends inclusive)
+    all_matches : bool
+        Eq. 15 as written: ``phi`` collects *every* training image ``j`` in the band, not only the
+        nearest. With a distance whose band covers ordinary neighbour distances this counts dozens
+        of images per generation and UMS can exceed AMS (or 1), which no row of the paper's Table 1
+        shows; so the default counts the nearest match only. Pass ``gamma`` and ``nearest`` for the
+        ``k`` nearest images to use the literal reading.
+
+    Returns
+    -------
+    ams : float, the share of generations with their nearest match in the band (Eq. 14)
+    ums : float, the number of distinct training images matched in the band, over ``n_gen`` (Eq. 15)
+    """
+    gamma, nearest = torch.as_tensor(gamma), torch.as_tensor(nearest)
+    if not low <= high:
+        raise ValueError(f"low must be at most high, got low={low!r}, high={high!r}")
+    if gamma.shape != nearest.shape:
+        raise ValueError(f"gamma and nearest must have the same shape, got {tuple(gamma.shape)} and {tuple(nearest.shape)}")
+    if gamma.ndim != (2 if all_matches else 1) or gamma.shape[0] == 0:
+        raise ValueError(f"gamma must have shape ({'n_gen, k' if all_matches else 'n_gen'}) with n_gen >= 1, "
+                         f"got {tuple(gamma.shape)}")
+    inside = (gamma >= low) & (gamma < high)
+    n_gen = gamma.shape[0]
+    first = inside if gamma.ndim == 1 else inside[:, 0]
+    return first.double().mean().item(), len(nearest[inside].unique()) / n_gen
+
+
+def calibrate_bands(heldout_gamma, false_positive_rate: float = 0.01, high: float = COPY_THRESHOLD,
+                    mid: float = 0.5) -> dict:
+    """Bands of the calibrated l2 that mean what their names say (chapter 7).
+
+    ``high``: a copy (``l < 1/3``, the book's threshold); ``mid``: ``[1/3, 1/2)``; ``low``: from
+    ``1/2`` to the ``false_positive_rate`` quantile of ``heldout_gamma``, the calibrated l2 of images
+    no model saw, so that a model that memorizes nothing puts about that share in the low band.
+    """
+    heldout_gamma = torch.as_tensor(heldout_gamma, dtype=torch.float64).flatten()
+    if not 0 < false_positive_rate < 1:
+        raise ValueError(f"false_positive_rate must lie in (0, 1), got {false_positive_rate!r}")
+    if heldout_gamma.numel() == 0:
+        raise ValueError("heldout_gamma must hold at least one value")
+    q = torch.quantile(heldout_gamma, false_positive_rate).item()
+    return {"low": (mid, max(q, mid)), "mid": (high, mid), "high": (0.0, high)}
+
+
+def expected_unique(p, n_gen, return_variance: bool = False):
+    """Expected number of distinct memorized images among ``n_gen`` generations (seed 002, App. B, Eq. 150).
+
+    ``E[N_umem] = sum_i [1 - (1 - p_i)^N_G]``, where ``p_i`` is the probability that one generation
+    copies image ``i``. Computed as ``-expm1(N_G log1p(-p_i))`` (accurate for tiny ``p_i``).
+    ``n_gen`` may be an int or a tensor of several values (the result then has its shape).
+
+    With ``return_variance``, also
+    ``Var N_umem = sum_i q_i (1 - q_i) + sum_{i != j} [(1 - p_i - p_j)^N_G - (1 - p_i)^N_G (1 - p_j)^N_G]``
+    with ``q_i = 1 - (1 - p_i)^N_G`` (the covariances of multinomial sampling, all <= 0).
+    """
+    p = torch.as_tensor(p, dtype=torch.float64).flatten()
+    if bool((p < 0).any()) or float(p.sum()) > 1 + 1e-9:
+        raise ValueError("p must be probabilities >= 0 whose sum is at most 1")
+    n = torch.as_tensor(n_gen, dtype=torch.float64)
+    if bool((n < 0).any()):
+        raise ValueError(f"n_gen must be >= 0, got {n_gen!r}")
+    log_miss = torch.log1p(-p.clamp(max=1.0))                       # log(1 - p_i)
+    q = -torch.expm1(n[..., None] * log_miss)                        # P(image i is produced at least once)
+    mean = q.sum(-1)
+    if not return_variance:
+        return mean
+    pair = torch.log1p(-(p[:, None] + p[None, :]).clamp(max=1.0))    # log(1 - p_i - p_j)
+    both_missed = torch.exp(n[..., None, None] * pair)
+    each_missed = torch.exp(n[..., None, None] * (log_miss[:, None] + log_miss[None, :]))
+    cov = both_missed - each_missed
+    cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
+    return mean, (q * (1 - q)).sum(-1) + cov.sum((-2, -1))

@@ -19,7 +19,8 @@ This module provides the exact ones:
   noised (closed form with Bessel / hyperbolic functions): a curved manifold of known dimension.
 
 and the learned one, :class:`NetworkScore`, which reads a network's output as a predicted noise
-(``"eps"``) or a predicted clean image (``"x0"``) and converts it to a score.
+(``"eps"``) or a predicted clean image (``"x0"``) and converts it to a score; and
+:class:`GuidedScore`, any score guided by a classifier (seed 002, Eq. 12).
 
 :func:`score_jvp` is the one place where the derivative of a score along a direction is taken
 (analytically for exact scores, by forward-mode autodiff otherwise).
@@ -37,8 +38,8 @@ import torch
 from ._checks import as_time_tensor, check_choice, check_positive_int, check_time
 from .sde import VPSDE
 
-__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "PARAMETERIZATIONS",
-           "score_jvp"]
+__all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "GuidedScore",
+           "PARAMETERIZATIONS", "score_jvp"]
 
 PARAMETERIZATIONS = ("eps", "x0")
 
@@ -607,3 +608,67 @@ class NetworkScore:
         if self.parameterization == "eps":
             return -out / self.sde.sigma(tt)
         return (self.sde.alpha(tt) * out - x) / self.sde.v(tt)
+
+
+class GuidedScore:
+    """Classifier guidance (seed 002, Eq. 12): ``s(x, t) + scale * grad_x log softmax(classifier(x, t))[label]``.
+
+    ``score(x, t) + lambda grad_x log p^t(c | x)`` is the score of the tilted density
+    ``p_t(x) p_t(c | x)^lambda``; at ``scale = 1`` with the exact class posterior of the model it is
+    the class-conditional score ``grad log p_t(x | c)`` (chapter 7 proves and checks it). A score
+    function like any other: every sampler and estimator takes it.
+
+    Parameters
+    ----------
+    score : callable ``score(x, t)``
+    classifier : callable ``classifier(x, t) -> logits (batch, n_classes)``; an ``nn.Module`` is put
+        in eval mode (batch normalisation must not use batch statistics while sampling). A
+        time-independent classifier may ignore ``t``.
+    label : int or long tensor ``(batch,)``: the class ``c`` of each point
+    scale : float >= 0, the strength ``lambda``
+
+    The gradient is taken on a detached copy of ``x`` inside ``torch.enable_grad()``, so the guided
+    score works inside the samplers of :mod:`mempkg.sampling`, which run without autograd.
+
+    References
+    ----------
+    Seed 002 (Chen et al.), Eqs. 10-12 and App. E; Dhariwal & Nichol (2021).
+    """
+
+    def __init__(self, score, classifier, label, scale: float = 1.0):
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        label = torch.as_tensor(label, dtype=torch.long)
+        if label.ndim > 1:
+            raise ValueError(f"label must be an int or a tensor of shape (batch,), got shape {tuple(label.shape)}")
+        n_classes = getattr(classifier, "n_classes", None)
+        if n_classes is not None and (bool((label < 0).any()) or bool((label >= n_classes).any())):
+            raise ValueError(f"label must lie in 0..{n_classes - 1}, got {label.tolist()}")
+        if isinstance(classifier, torch.nn.Module):
+            classifier.eval()
+        self.score, self.classifier, self.label, self.scale = score, classifier, label, float(scale)
+        self.data_shape = tuple(getattr(score, "data_shape", ()))
+        self.sde = getattr(score, "sde", None)
+
+    def __repr__(self) -> str:
+        return f"GuidedScore(scale={self.scale:g}, label={self.label.tolist() if self.label.numel() < 5 else '...'})"
+
+    def log_posterior_grad(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``grad_x log softmax(classifier(x, t))[label]``, shaped like ``x``."""
+        label = self.label.to(x.device)
+        if label.ndim == 1 and label.shape[0] != x.shape[0]:
+            raise ValueError(f"label must have one class per point: {label.shape[0]} labels, {x.shape[0]} points")
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(self.classifier(z, t), dim=1)
+            if log_p.ndim != 2:
+                raise ValueError(f"classifier must return logits of shape (batch, n_classes), got {tuple(log_p.shape)}")
+            picked = log_p.gather(1, label.expand(x.shape[0]).reshape(-1, 1) if label.ndim == 0 else label[:, None])
+            (grad,) = torch.autograd.grad(picked.sum(), z)
+        return grad
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        s = self.score(x, t)
+        if self.scale == 0:
+            return s
+        return s + self.scale * self.log_posterior_grad(x, t).to(s.dtype)

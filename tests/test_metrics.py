@@ -79,3 +79,53 @@ def test_auc_is_the_mann_whitney_probability():
     assert abs(auc(a, b) - mannwhitneyu(a.numpy(), b.numpy()).statistic / (40 * 30)) < 1e-12
     with pytest.raises(ValueError, match="at least one"):
         auc([], [1.0])
+
+
+def test_ams_and_ums_by_hand():
+    from mempkg.metrics import ams_ums
+
+    gamma = torch.tensor([0.1, 0.2, 0.3, 0.45, 0.9, 2.0])
+    nearest = torch.tensor([4, 4, 7, 1, 2, 3])
+    assert ams_ums(gamma, nearest, 0.0, 1 / 3) == (3 / 6, 2 / 6)          # images 4 and 7
+    assert ams_ums(gamma, nearest, 1 / 3, 0.5) == (1 / 6, 1 / 6)
+    assert ams_ums(gamma, nearest, 0.3, 0.45) == (1 / 6, 1 / 6), "half-open: 0.45 is not in [0.3, 0.45)"
+    g2 = torch.tensor([[0.1, 0.2], [0.9, 0.25]])
+    n2 = torch.tensor([[4, 5], [1, 6]])
+    assert ams_ums(g2, n2, 0.0, 0.3, all_matches=True) == (0.5, 3 / 2), "the literal Eq. 15 can exceed AMS"
+    with pytest.raises(ValueError, match="low must be at most high"):
+        ams_ums(gamma, nearest, 0.5, 0.1)
+    with pytest.raises(ValueError, match="same shape"):
+        ams_ums(gamma, nearest[:3], 0.0, 1.0)
+
+
+def test_expected_unique_matches_multinomial_monte_carlo():
+    """Eq. 150 and its variance against R = 400 multinomial replicates (mean within 3 SE, variance within 20%)."""
+    from mempkg.metrics import expected_unique
+
+    m = 200
+    zipf = 1.0 / torch.arange(1, m + 1, dtype=torch.float64) ** 1.1
+    p = 0.05 * zipf / zipf.sum()
+    g = torch.Generator().manual_seed(0)
+    for n_gen in (30, 300, 3000):
+        mean, var = expected_unique(p, n_gen, return_variance=True)
+        probs = torch.cat([p, (1 - p.sum()).reshape(1)])
+        draws = torch.stack([torch.bincount(torch.multinomial(probs, n_gen, replacement=True, generator=g),
+                                            minlength=m + 1)[:m] for _ in range(400)])
+        uniques = (draws > 0).sum(1).double()
+        assert abs(uniques.mean() - mean) < 3 * uniques.std() / 20
+        assert abs(uniques.var() / var - 1) < 0.2
+    assert torch.allclose(expected_unique(p, torch.tensor([1, 2])), torch.stack([p.sum(), (1 - (1 - p) ** 2).sum()]))
+    with pytest.raises(ValueError, match="probabilities"):
+        expected_unique(torch.tensor([0.7, 0.6]), 10)
+
+
+def test_calibrated_bands_put_the_stated_share_of_held_out_images_in_the_low_band():
+    from mempkg.metrics import ams_ums, calibrate_bands
+
+    held = torch.linspace(0.5, 2.5, 2001)                 # never-seen images: none closer than l = 0.5
+    bands = calibrate_bands(held, 0.01)
+    assert bands["high"] == (0.0, 1 / 3) and bands["mid"] == (1 / 3, 0.5)
+    ams, _ = ams_ums(held, torch.arange(2001), *bands["low"])
+    assert abs(ams - 0.01) < 0.002, "a memorize-nothing set scores the false-positive rate in the low band"
+    with pytest.raises(ValueError, match="false_positive_rate"):
+        calibrate_bands(held, 1.5)

@@ -19,8 +19,9 @@ LAYERS = [
     {"ode", "train", "plotting"},
     {"sampling"},
     {"metrics", "volume"},
+    {"side"},
     {"lid", "checkpoints"},
-    {"guidance"},
+    {"guidance", "retrieval"},
     {"run"},
     {"__main__", "__init__"},
 ]

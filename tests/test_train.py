@@ -111,10 +111,15 @@ def test_committed_checkpoints_load_and_match_their_manifest():
     for name, entry in manifest.items():
         assert checkpoints.sha256(checkpoints.DATA_DIR / entry["file"]) == entry["sha256"]
         assert entry["command"] == f"python -m mempkg train {name}"
-        score = checkpoints.load_model(name)
         recipe = checkpoints.RECIPES[name]
-        assert score.parameterization == recipe.train.parameterization
         assert entry["recipe"] == recipe.to_dict(), "the manifest records the recipe the registry holds"
+        if isinstance(recipe, checkpoints.ClassifierRecipe):
+            net = checkpoints.load_classifier(name)
+            x = training_set(checkpoints.RECIPES[recipe.target].data)[:2]
+            assert net(x, torch.full((2,), 0.5)).shape == (2, recipe.net["n_classes"])
+            continue
+        score = checkpoints.load_model(name)
+        assert score.parameterization == recipe.train.parameterization
         x = training_set(recipe.data)[:2]
         assert score(x, 0.5).shape == x.shape
 
@@ -193,3 +198,28 @@ def test_a_config_and_its_keywords_train_the_same_network():
         nets.append(net)
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_student_recipe_distils_its_teacher_on_samples_of_its_target(tmp_path, monkeypatch):
+    """A tiny teacher and TDKD student trained from recipes, verified, loaded, with their synthetic set."""
+    tiny_net = dict(kind="resnet_classifier", data_shape=[1, 8, 8], n_classes=10, width=4, n_blocks=1, time_dim=8)
+    teacher = checkpoints.ClassifierRecipe("tiny_teacher", "t", target="digits64_x0", kind="teacher",
+                                           net=dict(tiny_net, time_dependent=False), n_steps=3, batch_size=8,
+                                           threads=1)
+    student = checkpoints.ClassifierRecipe("tiny_student", "s", target="digits64_x0", kind="student",
+                                           net=dict(tiny_net, time_dependent=True), n_steps=3, batch_size=8,
+                                           teacher="tiny_teacher", n_synthetic=6, sample_steps=2, threads=1)
+    monkeypatch.setitem(checkpoints.RECIPES, "tiny_teacher", teacher)
+    monkeypatch.setitem(checkpoints.RECIPES, "tiny_student", student)
+    checkpoints.train_recipe("tiny_teacher", out_dir=tmp_path, progress=False)
+    checkpoints.train_recipe("tiny_student", out_dir=tmp_path, progress=False)
+    net = checkpoints.load_classifier("tiny_student", data_dir=tmp_path)
+    assert net.time_dependent and net(torch.zeros(2, 1, 8, 8), 0.5).shape == (2, 10)
+    synthetic = checkpoints.synthetic_set("tiny_student", data_dir=tmp_path)
+    assert synthetic.shape == (6, 1, 8, 8)
+    assert torch.equal(synthetic, checkpoints.synthetic_set("tiny_student", retrain=True)), "the recipe's draw"
+    with pytest.raises(ValueError, match="classifier"):
+        checkpoints.load_model("tiny_student", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="score model"):
+        checkpoints.load_classifier("digits64_x0")
+
