@@ -26,12 +26,14 @@ import torch
 from . import data as data_module
 from .data import DataRecipe, Duplication
 from .nets import build_net
+from .sampling import sample_ode
 from .score import NetworkScore
 from .sde import VPSDE
+from .side import tdkd, train_classifier
 from .train import TrainConfig, train_score_model
 
-__all__ = ["Recipe", "RECIPES", "DATA_DIR", "MANIFEST", "ChecksumError", "sha256", "train_recipe", "load_model",
-           "read_manifest", "training_data", "training_labels", "held_out_data", "duplicated_indices"]
+__all__ = ["Recipe", "ClassifierRecipe", "RECIPES", "load_classifier", "synthetic_set", "DATA_DIR", "MANIFEST", "ChecksumError", "sha256", "train_recipe", "load_model",
+           "read_manifest", "write_entry", "verified_state", "ARTIFACTS", "training_data", "training_labels", "held_out_data", "duplicated_indices"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "manifest.json"
@@ -83,6 +85,7 @@ def _recipe(name, description, data, net, train_keys=None, init_seed=0, threads=
 
 _DIGITS_MLP = dict(kind="mlp", data_shape=[1, 8, 8], hidden=256, n_blocks=3, time_dim=64)
 _X0 = dict(batch_size=128, lr=1e-3, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0)
+SIDE_TARGET_STEPS = 12_000
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _recipe("digits64_x0",
@@ -110,6 +113,76 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """How one of the book's classifiers is made (SIDE, seed 002; chapter 7).
+
+    Attributes
+    ----------
+    name, description : as in :class:`Recipe`
+    target : str, the score model (a key of :data:`RECIPES`) the classifier is about
+    kind : ``"teacher"``, a normal (time-independent) classifier trained on the target's training
+        images and their true labels (OL-TI); or ``"student"``, a time-dependent classifier
+        distilled by TDKD from ``teacher`` on ``n_synthetic`` samples of the target (SIDE)
+    net : dict, the :class:`~mempkg.nets.ResNetClassifier` configuration
+    n_steps, batch_size, lr, seed : the optimisation
+    teacher : str, for a student: the teacher's recipe name
+    n_synthetic, sample_steps : for a student: the synthetic set (Heun steps of the sampler)
+    threads : int, torch threads for training
+    """
+
+    name: str
+    description: str
+    target: str
+    kind: str
+    net: dict
+    n_steps: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    teacher: str | None = None
+    n_synthetic: int = 0
+    sample_steps: int = 50
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "name"}
+
+
+_SIDE_NET = dict(kind="resnet_classifier", data_shape=[1, 8, 8], n_classes=10, width=16, n_blocks=2, time_dim=32)
+
+RECIPES.update({r.name: r for r in [
+    _recipe("digits1000_side",
+            "SIDE's target (chapter 7): 1,000 distinct digits, x0-prediction, stopped early so that only a "
+            "few percent of its unconditional samples copy a training image.",
+            DataRecipe("digits", dict(n=1000, seed=0)), _DIGITS_MLP, n_steps=SIDE_TARGET_STEPS, **_X0),
+    ClassifierRecipe("digits1000_side_teacher",
+                     "The normal classifier of chapter 7 (OL-TI): a small ResNet trained on the target's 1,000 "
+                     "training digits and their true labels, clean images only.",
+                     target="digits1000_side", kind="teacher", net=dict(_SIDE_NET, time_dependent=False),
+                     n_steps=2000, batch_size=128, lr=1e-3, seed=0),
+    ClassifierRecipe("digits1000_side_student",
+                     "SIDE's time-dependent classifier (chapter 7): distilled by TDKD from the teacher on 5,000 "
+                     "samples of the target, VP-noised, soft labels; it never sees a training image.",
+                     target="digits1000_side", kind="student", net=dict(_SIDE_NET, time_dependent=True),
+                     n_steps=4000, batch_size=256, lr=1e-3, seed=0, teacher="digits1000_side_teacher",
+                     n_synthetic=5000, sample_steps=50),
+]})
+
+#: Chapter 8's training-set sizes (the analogue of Somepalli et al.'s 300 / 3,000 / full): one recipe,
+#: only the number of digits changes; fixed steps, so smaller sets see more epochs.
+RETRIEVAL_SIZES = (30, 300, 1500)
+RETRIEVAL_STEPS = 5000
+
+RECIPES.update({r.name: r for r in [
+    _recipe(f"digits{n}_x0",
+            f"Chapter 8's size sweep: {n:,} digits, x0-prediction, {RETRIEVAL_STEPS:,} steps "
+            f"(the same recipe for 30, 300 and 1,500 digits).",
+            DataRecipe("digits", dict(n=n, seed=0)), _DIGITS_MLP, n_steps=RETRIEVAL_STEPS, **_X0)
+    for n in RETRIEVAL_SIZES
+]})
+
+
 class ChecksumError(ValueError):
     """A checkpoint's sha256 does not match the manifest."""
 
@@ -128,7 +201,7 @@ def read_manifest(path: Path = MANIFEST) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _get(name: str) -> Recipe:
+def _get(name: str):
     if name not in RECIPES:
         raise ValueError(f"name must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
     return RECIPES[name]
@@ -163,12 +236,30 @@ def duplicated_indices(name: str) -> torch.Tensor:
     return data_module.duplicated_indices(_get(name).data)
 
 
+#: Committed artifacts trained outside :data:`RECIPES`, by name: the command that re-creates each.
+#: They share ``data/manifest.json`` and its sha256 check with the recipes.
+ARTIFACTS = {"digits_copy_detector": "python -m mempkg.retrieval train"}
+
+
+def write_entry(out_dir: Path, name: str, path: Path, recipe: dict, seconds: float, n_parameters: int,
+                command: str | None = None, **extra) -> None:
+    """Record a checkpoint in ``out_dir/manifest.json``: sha256, recipe, command, training time."""
+    manifest_path = Path(out_dir) / "manifest.json"
+    manifest = read_manifest(manifest_path)
+    manifest[name] = dict(file=path.name, sha256=sha256(path), recipe=recipe,
+                          command=command or f"python -m mempkg train {name}", training_seconds=round(seconds, 1),
+                          torch=torch.__version__, machine=platform.machine(), parameters=n_parameters, **extra)
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = True, update_manifest: bool = True) -> Path:
     """Train the model of recipe ``name`` from scratch; write ``out_dir/NAME.pt`` (and the manifest).
 
     Training is seeded (network initialisation and every draw of the loop) and runs with the
     recipe's thread count, so it is reproducible on the same machine; across machines the
-    floating-point order of operations may differ. Returns the checkpoint's path.
+    floating-point order of operations may differ. Works for score models (:class:`Recipe`) and
+    classifiers (:class:`ClassifierRecipe`; a student needs its target and teacher in ``out_dir``
+    or in the committed ``data/``). Returns the checkpoint's path.
     """
     recipe = _get(name)
     out_dir = Path(out_dir)
@@ -176,28 +267,83 @@ def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = Tru
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
-        torch.manual_seed(recipe.init_seed)
-        net = build_net(recipe.net)
-        train_data = data_module.training_set(recipe.data)
-        labels = data_module.training_labels(recipe.data) if recipe.net.get("n_classes") else None
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            train_score_model(net, train_data, VPSDE(), recipe.train, checkpoint=Path(tmp) / "resume.ckpt",
-                              progress=progress, labels=labels)
+        if isinstance(recipe, ClassifierRecipe):
+            net, extra = _train_classifier_recipe(recipe, out_dir, progress)
+        else:
+            net, extra = _train_score_recipe(recipe, progress)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     path = out_dir / f"{name}.pt"
-    torch.save({"config": net.config, "parameterization": recipe.train.parameterization,
-                "state_dict": net.state_dict()}, path)
+    torch.save({"config": net.config, "state_dict": net.state_dict(), **extra}, path)
     if update_manifest:
-        manifest_path = out_dir / "manifest.json"
-        manifest = read_manifest(manifest_path)
-        manifest[name] = dict(file=path.name, sha256=sha256(path), recipe=recipe.to_dict(), command=f"python -m mempkg train {name}",
-                              training_seconds=round(seconds, 1), torch=torch.__version__, machine=platform.machine(),
-                              parameters=sum(p.numel() for p in net.parameters()))
-        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_entry(out_dir, name, path, recipe.to_dict(), seconds, sum(p.numel() for p in net.parameters()))
     return path
+
+
+def _train_score_recipe(recipe: Recipe, progress: bool):
+    torch.manual_seed(recipe.init_seed)
+    net = build_net(recipe.net)
+    train_data = data_module.training_set(recipe.data)
+    labels = data_module.training_labels(recipe.data) if recipe.net.get("n_classes") else None
+    with tempfile.TemporaryDirectory() as tmp:
+        train_score_model(net, train_data, VPSDE(), recipe.train, checkpoint=Path(tmp) / "resume.ckpt",
+                          progress=progress, labels=labels)
+    return net, {"parameterization": recipe.train.parameterization}
+
+
+def _train_classifier_recipe(recipe: ClassifierRecipe, out_dir: Path, progress: bool):
+    torch.manual_seed(recipe.seed)
+    net = build_net(recipe.net)
+    spec = _get(recipe.target).data
+    if recipe.kind == "teacher":
+        x = data_module.training_set(spec, distinct=True)
+        train_classifier(net, x, data_module.training_labels(spec), n_steps=recipe.n_steps,
+                         batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, progress=progress)
+        return net, {}
+    where = out_dir if (out_dir / f"{recipe.teacher}.pt").exists() else DATA_DIR
+    teacher = load_classifier(recipe.teacher, data_dir=where)
+    target_dir = out_dir if (out_dir / f"{recipe.target}.pt").exists() else DATA_DIR
+    synthetic = synthetic_set(recipe.name, retrain=True, data_dir=target_dir)
+    tdkd(net, teacher, synthetic, VPSDE(), n_steps=recipe.n_steps, batch_size=recipe.batch_size, lr=recipe.lr,
+         seed=recipe.seed, progress=progress)
+    return net, {"synthetic": synthetic}
+
+
+def verified_state(name: str, data_dir: Path | str = DATA_DIR, device="cpu"):
+    """The checkpoint ``data_dir/NAME.pt``, loaded after checking its sha256 against the manifest.
+
+    Raises ``FileNotFoundError`` when the file or its manifest entry is missing and
+    :class:`ChecksumError` when the file's sha256 differs from the manifest's.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / f"{name}.pt"
+    entry = read_manifest(data_dir / "manifest.json").get(name)
+    command = ARTIFACTS.get(name, f"python -m mempkg train {name}")
+    if entry is None or not path.exists():
+        raise FileNotFoundError(f"no checkpoint for {name!r} in {data_dir} (file and manifest entry needed); "
+                                f"create it with `{command}` or pass retrain=True")
+    actual = sha256(path)
+    if actual != entry["sha256"]:
+        raise ChecksumError(f"{path} has sha256 {actual} but the manifest records {entry['sha256']}: the file is "
+                            f"corrupt or was replaced. Restore it from git or re-create it with `{command}`.")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _state(name: str, retrain: bool, device, data_dir):
+    if retrain:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = train_recipe(name, out_dir=tmp, update_manifest=False)
+            return torch.load(path, map_location=device, weights_only=True)
+    return verified_state(name, Path(data_dir), device)
+
+
+def _network(state, device):
+    net = build_net(state["config"]).to(device)
+    net.load_state_dict(state["state_dict"])
+    net.eval()
+    return net
 
 
 def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR) -> NetworkScore:
@@ -205,7 +351,7 @@ def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | 
 
     Parameters
     ----------
-    name : a key of :data:`RECIPES`
+    name : a key of :data:`RECIPES` (a score model)
     retrain : bool
         Train the model from its recipe (minutes) instead of loading the committed checkpoint.
     device : where to put the network
@@ -216,25 +362,34 @@ def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | 
     FileNotFoundError when the checkpoint or its manifest entry is missing;
     ChecksumError when the file's sha256 differs from the manifest (a corrupt or replaced file).
     """
-    _get(name)
-    data_dir = Path(data_dir)
-    if retrain:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = train_recipe(name, out_dir=tmp, update_manifest=False)
-            state = torch.load(path, map_location=device, weights_only=True)
-    else:
-        path = data_dir / f"{name}.pt"
-        entry = read_manifest(data_dir / "manifest.json").get(name)
-        if entry is None or not path.exists():
-            raise FileNotFoundError(f"no checkpoint for {name!r} in {data_dir} (file and manifest entry needed); "
-                                    f"create it with `python -m mempkg train {name}` or pass retrain=True")
-        actual = sha256(path)
-        if actual != entry["sha256"]:
-            raise ChecksumError(f"{path} has sha256 {actual} but the manifest records {entry['sha256']}: the file is "
-                                f"corrupt or was replaced. Restore it from git or re-create it with "
-                                f"`python -m mempkg train {name}`.")
-        state = torch.load(path, map_location=device, weights_only=True)
-    net = build_net(state["config"]).to(device)
-    net.load_state_dict(state["state_dict"])
-    net.eval()
-    return NetworkScore(net, VPSDE(), state["parameterization"])
+    if not isinstance(_get(name), Recipe):
+        raise ValueError(f"name must name a score model; {name!r} is a classifier (use load_classifier)")
+    state = _state(name, retrain, device, data_dir)
+    return NetworkScore(_network(state, device), VPSDE(), state["parameterization"])
+
+
+def load_classifier(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR):
+    """The trained classifier of recipe ``name`` (a :class:`ClassifierRecipe`), in eval mode.
+
+    Verified against the manifest like :func:`load_model`; ``retrain=True`` trains it (and, for a
+    student, draws its synthetic set) from the recipe instead.
+    """
+    if not isinstance(_get(name), ClassifierRecipe):
+        raise ValueError(f"name must name a classifier; {name!r} is a score model (use load_model)")
+    return _network(_state(name, retrain, device, data_dir), device)
+
+
+def synthetic_set(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR) -> torch.Tensor:
+    """The synthetic set a TDKD student was distilled on (Eq. 153): samples of its target model.
+
+    Read from the student's checkpoint (sha256-verified); with ``retrain=True`` drawn again from
+    the target by the recipe's sampler and seed (what :func:`train_recipe` does).
+    """
+    recipe = _get(name)
+    if not isinstance(recipe, ClassifierRecipe) or recipe.kind != "student":
+        raise ValueError(f"name must name a TDKD student recipe, got {name!r}")
+    if not retrain:
+        return verified_state(name, Path(data_dir), device)["synthetic"]
+    score = load_model(recipe.target, data_dir=data_dir, device=device)
+    return sample_ode(score, (recipe.n_synthetic, *score.data_shape), VPSDE(), n_steps=recipe.sample_steps,
+                      generator=torch.Generator().manual_seed(recipe.seed), device=device)

@@ -95,17 +95,26 @@ def train_classifier(net: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    history, running = [], 0.0
-    net.train()
-    for step in tqdm(range(1, n_steps + 1), disable=not progress, desc="classifier", leave=False):
+
+    def batch_loss():
         idx = torch.randint(x.shape[0], (batch_size,), generator=g)
         xb = _shift(x[idx.to(x.device)], max_shift, g)
         t = None
         if sde is not None:
             t = (t_min + (1 - t_min) * torch.rand(batch_size, generator=g)).to(x)
             xb = sde.perturb(xb, t, noise=torch.randn(xb.shape, generator=g).to(xb))
-        loss = torch.nn.functional.cross_entropy(net(xb, t), labels[idx.to(x.device)])
+        return torch.nn.functional.cross_entropy(net(xb, t), labels[idx.to(x.device)])
+
+    return _fit(net, batch_loss, n_steps, lr, progress, "classifier")
+
+
+def _fit(net: torch.nn.Module, batch_loss, n_steps: int, lr: float, progress: bool, desc: str):
+    """AdamW on ``batch_loss()`` for ``n_steps``; the history of mean losses over each 100 steps."""
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    history, running = [], 0.0
+    net.train()
+    for step in tqdm(range(1, n_steps + 1), disable=not progress, desc=desc, leave=False):
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -155,25 +164,16 @@ def tdkd(student: torch.nn.Module, teacher, synthetic: torch.Tensor, sde: VPSDE,
     if not soft:
         targets = torch.nn.functional.one_hot(targets.argmax(1), targets.shape[1]).to(targets)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=lr)
-    history, running = [], 0.0
-    student.train()
-    for step in tqdm(range(1, n_steps + 1), disable=not progress, desc="TDKD", leave=False):
+
+    def batch_loss():
         idx = torch.randint(synthetic.shape[0], (batch_size,), generator=g).to(synthetic.device)
         t = (t_min + (1 - t_min) * torch.rand(batch_size, generator=g)).to(synthetic)
-        xt = sde.perturb(synthetic[idx], t, noise=torch.randn(batch_size, *synthetic.shape[1:], generator=g).to(synthetic))
-        log_q = torch.log_softmax(student(xt, t), dim=1)
+        noise = torch.randn(batch_size, *synthetic.shape[1:], generator=g).to(synthetic)
+        log_q = torch.log_softmax(student(sde.perturb(synthetic[idx], t, noise=noise), t), dim=1)
         p = targets[idx]
-        loss = (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += loss.item()
-        if step % 100 == 0 or step == n_steps:
-            history.append((step, running / (100 if step % 100 == 0 else step % 100)))
-            running = 0.0
-    student.eval()
-    return history
+        return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(1).mean()
+
+    return _fit(student, batch_loss, n_steps, lr, progress, "TDKD")
 
 
 class OracleClassifier:

@@ -26,6 +26,9 @@ SMOKE = {
     "03_volume_growth": dict(n_points=32, n_steps=50),
     "04_overfitted_model": dict(n_generate=100, n_sample_steps=20, n_axes=8, n_steps=20, sweep_points=4, sweep_steps=5),
     "05_memorized_vs_unmemorized": dict(n_generate=300, n_sample_steps=10, n_compare=10, axes_sweep=[1, 4], n_steps=10),
+    "08_replication_by_retrieval": dict(n_generate=100, n_sample_steps=10, n_bench=40, n_generate_dup=200, n_gallery=4),
+    "07_side": dict(n_steps=5, n_random=200, n_per_lambda=20, lambda_grid=[0, 2, 8], band_factors=[1.0],
+                    n_oracle=100, cluster_grid=[2, 5], n_per_k=20, n_toy=100),
     "09_local_intrinsic_dimension": dict(dims=[1, 3], n_points=8, n_lpca=120, n_neighbors=40, t0_grid=[1e-3, 0.05], n_train=16),
     "10_von_mises_mixture": dict(n_generate=200, n_sample_steps=50, t0_grid=[0.01, 0.05]),
     "11_lid_on_images": dict(n_generate=200, n_sample_steps=20, t0_grid=[0.05], n_nb=20, n_neighbors=40),
@@ -126,3 +129,10 @@ def test_lid_benchmark_runs():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lid.py"), "--points", "4", "--repeats", "1"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     assert "x forward+backward" in out.stdout and "normal bundle" in out.stdout
+
+
+@pytest.mark.slow
+def test_side_benchmark_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "side.py"), "--batch", "4", "--steps", "2",
+                          "--repeats", "1"], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "x unguided" in out.stdout and "guided / limit" in out.stdout

@@ -107,9 +107,12 @@ def test_training_arguments_are_checked(kwargs, name):
 
 def test_committed_checkpoints_load_and_match_their_manifest():
     manifest = checkpoints.read_manifest()
-    assert set(manifest) == set(checkpoints.RECIPES)
+    assert set(manifest) == set(checkpoints.RECIPES) | set(checkpoints.ARTIFACTS)
     for name, entry in manifest.items():
         assert checkpoints.sha256(checkpoints.DATA_DIR / entry["file"]) == entry["sha256"]
+        if name in checkpoints.ARTIFACTS:
+            assert entry["command"] == checkpoints.ARTIFACTS[name]
+            continue
         assert entry["command"] == f"python -m mempkg train {name}"
         recipe = checkpoints.RECIPES[name]
         assert entry["recipe"] == recipe.to_dict(), "the manifest records the recipe the registry holds"
