@@ -32,3 +32,14 @@ execute: $(STAMP)
 
 clean:
 	rm -rf _build runs
+
+.PHONY: test-browser test-sweep
+
+## test-browser: build the book into a temporary folder and open every page in headless Chromium;
+## screenshots go to _build/screenshots/ (needs `apt-get install -y chromium`; skips without it)
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest tests/test_browser.py
+
+## test-sweep: `python -m mempkg run`/`sweep` on a tiny chapter with a 2-worker Dask cluster (~30 s)
+test-sweep: $(STAMP)
+	$(BIN)/python -m pytest tests/test_run_and_sweep.py

@@ -1,6 +1,7 @@
-"""Command line: ``python -m mempkg {list,execute,run,train}``.
+"""Command line: ``python -m mempkg {list,execute,run,sweep,train}``.
 
-``list``, ``execute`` and ``run`` drive the chapters (:mod:`mempkg.run`); ``train NAME`` trains
+``list``, ``execute`` and ``run`` drive the chapters (:mod:`mempkg.run`); ``sweep`` runs a grid of
+parameters on Dask distributed (:mod:`mempkg.sweep`); ``train NAME`` trains
 the model of a recipe and commits it to ``data/`` with its sha256 (:mod:`mempkg.checkpoints`).
 """
 from __future__ import annotations
@@ -21,6 +22,15 @@ def main(argv=None) -> int:
     rn.add_argument("chapter", help="chapter number or name, e.g. 2 or 02_exact_scores")
     rn.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter and its value (a Python literal or a string); repeatable")
     rn.add_argument("--root", default="runs", help="folder that holds the run folders (default: runs)")
+    rn.add_argument("--notebooks", default=str(run.NOTEBOOKS), help=argparse.SUPPRESS)
+    sw = sub.add_parser("sweep", help="run a chapter over a grid of parameters on Dask into runs/<chapter>/ and sweep.parquet")
+    sw.add_argument("chapter", help="chapter number or name, e.g. 2 or 02_exact_scores")
+    sw.add_argument("-g", "--grid", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."), help="a swept parameter and its comma-separated values; repeatable (the grid is their product)")
+    sw.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter fixed for every run; repeatable")
+    sw.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a LocalCluster on this machine)")
+    sw.add_argument("--workers", type=int, default=None, help="workers of the LocalCluster (default: one per core, at most one per run)")
+    sw.add_argument("--root", default="runs", help="folder that holds the run folders (default: runs)")
+    sw.add_argument("--notebooks", default=str(run.NOTEBOOKS), help=argparse.SUPPRESS)
     tr = sub.add_parser("train", help="train a recipe's model into data/NAME.pt and record it in data/manifest.json")
     tr.add_argument("name", help="recipe name (see mempkg.checkpoints.RECIPES)")
     args = parser.parse_args(argv)
@@ -45,7 +55,29 @@ def main(argv=None) -> int:
         print(f"{path}: sha256 {entry['sha256']}, {entry['training_seconds']} s")
         return 0
     parameters = {name: run.parse_value(value) for name, value in args.parameter}
-    output = run.run_chapter(args.chapter, parameters, root=args.root)
+    if args.command == "sweep":
+        from . import sweep
+
+        try:
+            grid = sweep.parse_grid(args.grid)
+            result = sweep.run_sweep(args.chapter, grid, parameters, root=args.root, scheduler=args.scheduler,
+                                     workers=args.workers, notebooks=args.notebooks)
+        except (run.ParameterError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{len(result['ran'])} ran, {len(result['skipped'])} already complete (skipped), {len(result['failed'])} failed")
+        print(f"table: {result['path']} (and .csv)")
+        for folder, error in result["failed"]:
+            print(f"FAILED {folder}: {error}")
+        return 1 if result["failed"] else 0
+    try:
+        output = run.run_chapter(args.chapter, parameters, root=args.root, notebooks=args.notebooks)
+    except ValueError as exc:  # an unknown chapter or parameter, a value of the wrong type
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except run.RunFailed as exc:
+        print(f"FAILED {exc.folder}: {exc.error}", file=sys.stderr)
+        return 1
     print(output)
     return 0
 

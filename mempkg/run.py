@@ -8,7 +8,10 @@ Chapters are Jupytext MyST notebooks in ``notebooks/``. :func:`execute_chapter` 
   ``book/chapters/`` (what ``make execute`` calls); the book renders those files.
 * ``python -m mempkg run CHAPTER -p name value ...`` runs one chapter with new parameters into
   ``runs/<chapter>/<name=value,...>/``, where the chapter also writes ``summary.csv`` (its
-  closing table) because the runner passes ``output_dir``.
+  closing table) because the runner passes ``output_dir``. The parameters are checked against the
+  chapter's ``parameters`` cell first (:func:`validate_parameters`); ``run.json`` records the run's
+  provenance, and a run that fails is marked with a ``FAILED`` file (:func:`execute_run`).
+* ``python -m mempkg sweep`` runs grids of such runs on Dask (:mod:`mempkg.sweep`).
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["ROOT", "chapters", "find_chapter", "execute_chapter", "run_chapter", "parse_value"]
+__all__ = [
+    "ROOT", "chapters", "find_chapter", "execute_chapter", "run_chapter", "parse_value",
+    "chapter_parameters", "validate_parameters", "execute_run", "ParameterError", "RunFailed",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -91,18 +97,216 @@ def run_folder(chapter: Path, parameters: dict, root: Path) -> Path:
     return Path(root) / chapter.stem / slug
 
 
-def run_chapter(name: str, parameters: dict | None = None, root: Path | str = "runs", progress: bool = True) -> Path:
+# --- parameters: checked against the chapter's `parameters` cell before anything runs -----------
+
+RUNNER_PARAMETERS = ("output_dir",)
+
+
+class ParameterError(ValueError):
+    """A parameter name the chapter does not have, or a value of the wrong type."""
+
+
+class RunFailed(RuntimeError):
+    """A chapter failed while executing; its run folder holds the partial notebook and ``FAILED``."""
+
+    def __init__(self, folder: Path, error: str):
+        super().__init__(f"{folder}: {error}")
+        self.folder, self.error = Path(folder), error
+
+
+_NO_DEFAULT = object()  # a default that is not a literal (an expression): any value is accepted
+
+
+def chapter_parameters(source: Path) -> dict:
+    """The chapter's parameters and their defaults, read from its cell tagged ``parameters``.
+
+    Defaults that are not Python literals (expressions) map to a sentinel that accepts any value.
+    """
+    import jupytext
+
+    nb = jupytext.read(Path(source))
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            params = {}
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        try:
+                            params[target.id] = ast.literal_eval(node.value) if node.value is not None else None
+                        except (ValueError, SyntaxError):
+                            params[target.id] = _NO_DEFAULT
+            return params
+    raise ParameterError(f"{Path(source).name} has no code cell tagged 'parameters'")
+
+
+def _type_ok(default, value) -> bool:
+    if default is None or default is _NO_DEFAULT:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    if isinstance(default, float):
+        return "float (or int)"
+    if isinstance(default, (list, tuple)):
+        return "list"
+    return type(default).__name__
+
+
+def validate_parameters(source: Path, parameters: dict) -> dict:
+    """Check ``parameters`` against the chapter's parameters cell; return the chapter's defaults.
+
+    Raises :class:`ParameterError` naming the parameter (and listing those that exist) when a
+    name is unknown or a value's type differs from its default's (an int is fine for a float; a
+    default of None accepts anything). ``output_dir`` is set by the runner, not by the user.
+    """
+    defaults = chapter_parameters(source)
+    known = [n for n in defaults if n not in RUNNER_PARAMETERS]
+    for name, value in parameters.items():
+        if name in RUNNER_PARAMETERS:
+            raise ParameterError(f"parameter {name!r} is set by the runner (the run folder); do not pass it")
+        if name not in defaults:
+            raise ParameterError(
+                f"{Path(source).stem} has no parameter {name!r}; its parameters are: {', '.join(known)}"
+            )
+        if not _type_ok(defaults[name], value):
+            raise ParameterError(
+                f"parameter {name!r} of {Path(source).stem} takes a value of type {_type_name(defaults[name])} "
+                f"(default {defaults[name]!r}); got {value!r} ({type(value).__name__})"
+            )
+    return defaults
+
+
+# --- code version, provenance and run-folder markers ---------------------------------------------
+
+def git_commit(root: Path = ROOT) -> str:
+    """The repository's HEAD commit (with ``-dirty`` when the work tree differs), or ``unknown``."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def code_version(source: Path) -> str:
+    """A hash of the chapter source, mempkg's sources and its version: runs are reused only when equal."""
+    import hashlib
+    from importlib.metadata import version as installed_version
+
+    version = installed_version("mempkg")
+    h = hashlib.sha256(Path(source).read_bytes())
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return f"{version}+{h.hexdigest()[:16]}"
+
+
+def package_versions() -> dict:
+    """Versions of Python and the packages a result depends on."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("mempkg", "torch", "numpy", "scipy", "pandas", "papermill"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def is_complete(folder: Path, parameters: dict, version: str) -> bool:
+    """True when ``folder`` holds a finished run of the same parameters and code version."""
+    folder = Path(folder)
+    record = folder / "run.json"
+    if not record.exists() or (folder / "FAILED").exists():
+        return False
+    try:
+        info = json.loads(record.read_text())
+    except ValueError:
+        return False
+    same_params = info.get("parameters") == json.loads(json.dumps(parameters, default=str))
+    notebook = folder / info.get("notebook", "")
+    return info.get("status") == "complete" and info.get("code_version") == version and same_params and notebook.is_file()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (papermill's errors carry the cell's exception name and value)."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    text = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def execute_run(source: Path, parameters: dict, folder: Path, version: str | None = None, progress: bool = False) -> dict:
+    """Execute ``source`` with ``parameters`` in ``folder`` and mark the folder; return its record.
+
+    On success ``run.json`` records the parameters, code version, duration, git commit, package
+    versions and device; on failure the partial notebook stays and ``FAILED`` holds the error (and
+    ``run.json`` has ``status: failed``), so no resume mistakes the folder for a result. Never raises
+    for a failure inside the notebook: the record's ``status`` and ``error`` say what happened.
+    """
+    import time
+
+    source, folder = Path(source), Path(folder)
+    version = version or code_version(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("FAILED", "run.json", "summary.csv"):
+        (folder / stale).unlink(missing_ok=True)
+    injected = dict(parameters)
+    injected["output_dir"] = str(folder.resolve())
+    (folder / "parameters.json").write_text(json.dumps(injected, indent=2, default=str))
+    output = folder / f"{source.stem}.ipynb"
+    record = {
+        "chapter": source.stem,
+        "parameters": json.loads(json.dumps(parameters, default=str)),
+        "notebook": output.name,
+        "code_version": version,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": str(parameters.get("device", "cpu")),
+        "host": __import__("socket").gethostname(),
+    }
+    start = time.perf_counter()
+    try:
+        execute_chapter(source, output, injected, cwd=folder, progress=progress)
+    except Exception as exc:  # a failing cell, a dead kernel: keep the partial notebook, mark the folder
+        record.update(status="failed", error=one_line(exc), duration_s=round(time.perf_counter() - start, 3))
+        (folder / "FAILED").write_text(record["error"] + "\n")
+    else:
+        record.update(status="complete", error=None, duration_s=round(time.perf_counter() - start, 3))
+    (folder / "run.json").write_text(json.dumps(record, indent=2))
+    record["folder"] = str(folder)
+    return record
+
+
+def run_chapter(name: str, parameters: dict | None = None, root: Path | str = "runs", progress: bool = True,
+                notebooks: Path | str = NOTEBOOKS) -> Path:
     """Run a chapter with ``parameters`` into its run folder; return the executed notebook's path.
 
-    The chapter receives ``output_dir`` (the run folder) and writes its closing table there as
-    ``summary.csv``; the parameters are recorded in ``parameters.json`` beside it.
+    The parameters are checked against the chapter's parameters cell first (:class:`ParameterError`,
+    nothing created). The chapter receives ``output_dir`` (the run folder) and writes its closing
+    table there as ``summary.csv``; ``parameters.json`` and ``run.json`` (provenance) sit beside it.
+    A failure inside the notebook raises :class:`RunFailed` and leaves the folder marked ``FAILED``.
     """
-    source = find_chapter(name)
+    source = find_chapter(str(name), Path(notebooks))
     parameters = dict(parameters or {})
+    validate_parameters(source, parameters)
     folder = run_folder(source, parameters, Path(root))
-    parameters.setdefault("output_dir", str(folder.resolve()))
-    output = folder / f"{source.stem}.ipynb"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "parameters.json").write_text(json.dumps(parameters, indent=2, default=str))
-    execute_chapter(source, output, parameters, cwd=folder, progress=progress)
-    return output
+    record = execute_run(source, parameters, folder, progress=progress)
+    if record["status"] != "complete":
+        raise RunFailed(folder, record["error"])
+    return folder / record["notebook"]

@@ -23,6 +23,7 @@ LAYERS = [
     {"lid", "checkpoints"},
     {"guidance", "retrieval"},
     {"run"},
+    {"sweep"},
     {"__main__", "__init__"},
 ]
 
