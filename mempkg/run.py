@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import random
 import re
 import tempfile
 from pathlib import Path
@@ -251,12 +252,31 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+KERNEL_START_ATTEMPTS = 3
+_KERNEL_START_ERRORS = ("Kernel didn't respond", "Kernel died before replying", "Address already in use")
+
+
+def kernel_failed_to_start(exc: BaseException) -> bool:
+    """Whether ``exc`` is a kernel that never came up (not a failing cell).
+
+    Kernels started at the same moment by several sweep workers can pick the same free TCP port
+    (jupyter_client chooses ports by binding port 0 and releasing it); the loser's kernel dies
+    with ``Address already in use`` and its client waits out the start timeout. Such a run is
+    retried; a cell's error (``PapermillExecutionError``) never is.
+    """
+    if type(exc).__name__ == "PapermillExecutionError":
+        return False
+    return any(text in str(exc) for text in _KERNEL_START_ERRORS)
+
+
 def execute_run(source: Path, parameters: dict, folder: Path, version: str | None = None, progress: bool = False) -> dict:
     """Execute ``source`` with ``parameters`` in ``folder`` and mark the folder; return its record.
 
     On success ``run.json`` records the parameters, code version, duration, git commit, package
     versions and device; on failure the partial notebook stays and ``FAILED`` holds the error (and
-    ``run.json`` has ``status: failed``), so no resume mistakes the folder for a result. Never raises
+    ``run.json`` has ``status: failed``), so no resume mistakes the folder for a result. A kernel that
+    never started (:func:`kernel_failed_to_start`) is retried up to ``KERNEL_START_ATTEMPTS`` times;
+    the record says how many attempts were made. Never raises
     for a failure inside the notebook: the record's ``status`` and ``error`` say what happened.
     """
     import time
@@ -281,13 +301,19 @@ def execute_run(source: Path, parameters: dict, folder: Path, version: str | Non
         "host": __import__("socket").gethostname(),
     }
     start = time.perf_counter()
-    try:
-        execute_chapter(source, output, injected, cwd=folder, progress=progress)
-    except Exception as exc:  # a failing cell, a dead kernel: keep the partial notebook, mark the folder
-        record.update(status="failed", error=one_line(exc), duration_s=round(time.perf_counter() - start, 3))
-        (folder / "FAILED").write_text(record["error"] + "\n")
-    else:
-        record.update(status="complete", error=None, duration_s=round(time.perf_counter() - start, 3))
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        try:
+            execute_chapter(source, output, injected, cwd=folder, progress=progress)
+        except Exception as exc:  # a failing cell, a dead kernel: keep the partial notebook, mark the folder
+            if kernel_failed_to_start(exc) and attempt < KERNEL_START_ATTEMPTS:
+                time.sleep(random.uniform(0.5, 2.0) * attempt)  # de-synchronise kernels starting together
+                continue
+            record.update(status="failed", error=one_line(exc))
+            (folder / "FAILED").write_text(record["error"] + "\n")
+        else:
+            record.update(status="complete", error=None)
+        break
+    record.update(attempts=attempt, duration_s=round(time.perf_counter() - start, 3))
     (folder / "run.json").write_text(json.dumps(record, indent=2))
     record["folder"] = str(folder)
     return record

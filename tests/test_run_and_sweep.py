@@ -254,3 +254,37 @@ def test_sweep_on_an_existing_scheduler(notebooks, tmp_path):
                                  notebooks=notebooks, progress=False)
     assert len(result["ran"]) == 2 and not result["failed"]
     assert len(pd.read_csv(tmp_path / "runs" / "01_tiny" / "sweep.csv")) == 4
+
+
+def test_a_kernel_that_never_started_is_retried_but_a_failing_cell_is_not(notebooks, tmp_path, monkeypatch):
+    """Two sweep workers can race for one TCP port; the losing run starts again (CI saw this once)."""
+    calls, refused = [], []
+    real = run.execute_chapter
+
+    def flaky(source, output, parameters, cwd=None, progress=True):
+        calls.append(1)
+        if not refused:
+            refused.append(1)
+            raise RuntimeError("Kernel didn't respond in 60 seconds")
+        return real(source, output, parameters, cwd=cwd, progress=progress)
+
+    monkeypatch.setattr(run.random, "uniform", lambda a, b: 0.0)
+    monkeypatch.setattr(run, "execute_chapter", flaky)
+    record = run.execute_run(notebooks / "01_tiny.md", {"seed": 1}, tmp_path / "a")
+    assert record["status"] == "complete" and record["attempts"] == 2 and len(calls) == 2
+    assert not (tmp_path / "a" / "FAILED").exists()
+
+    calls.clear()
+    record = run.execute_run(notebooks / "01_tiny.md", {"fail": True}, tmp_path / "b")
+    assert record["status"] == "failed" and record["attempts"] == 1 and len(calls) == 1
+    assert "asked to fail" in record["error"]
+
+    def never(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    calls.clear()
+    monkeypatch.setattr(run, "execute_chapter", never)
+    record = run.execute_run(notebooks / "01_tiny.md", {}, tmp_path / "c")
+    assert record["status"] == "failed" and record["attempts"] == run.KERNEL_START_ATTEMPTS
+    assert len(calls) == run.KERNEL_START_ATTEMPTS and (tmp_path / "c" / "FAILED").exists()
