@@ -16,6 +16,8 @@ Modules (one idea each):
 * :mod:`mempkg.volume` -- volume growth along the probability-flow ODE (seed 000, Eq. 13, Alg. 1)
 * :mod:`mempkg.lid` -- local intrinsic dimension: FLIPD, normal bundle, local PCA (seed 004)
 * :mod:`mempkg.guidance` -- classifier-free guidance and the CFG memorization metrics (seed 004)
+* :mod:`mempkg.pointwise` -- pointwise and semantic memorization, Proposition 1 and Theorem 2 of
+  seed 002 computed exactly (Section 3, App. A)
 * :mod:`mempkg.side` -- the SIDE attack: classifiers, TDKD, the oracle noisy posterior, guided
   sampling (seed 002, Section 4)
 * :mod:`mempkg.nets`, :mod:`mempkg.train`, :mod:`mempkg.checkpoints` -- small score networks,
@@ -32,7 +34,8 @@ SDE); the book's notation page lists the names used throughout.
 """
 import importlib
 
-from . import checkpoints, data, guidance, lid, metrics, nets, ode, retrieval, sampling, score, sde, side, train, volume
+from . import (checkpoints, data, guidance, lid, metrics, nets, ode, pointwise, retrieval, sampling, score, sde, side,
+               train, volume)
 from .ode import integrate
 from .score import EmpiricalScore, GaussianScore, GuidedScore, MixtureScore, NetworkScore, SphereScore
 from .sde import VPSDE
@@ -60,6 +63,7 @@ __all__ = [
     "nets",
     "ode",
     "plotting",
+    "pointwise",
     "report",
     "retrieval",
     "side",

@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dataclasses import dataclass
@@ -351,3 +352,25 @@ def expected_unique(p, n_gen, return_variance: bool = False):
     cov = both_missed - each_missed
     cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))
     return mean, (q * (1 - q)).sum(-1) + cov.sum((-2, -1))
+
+
+def sample_unique_counts(p, n_gen, n_replicates: int = 200, seed: int = 0):
+    """Monte Carlo of App. B: distinct memorized images among ``n_gen`` generations, ``n_replicates`` times.
+
+    Each generation copies image ``i`` with probability ``p_i`` and nothing with ``1 - sum_i p_i``;
+    the counts per image are one multinomial draw. Returns an int array ``(len(n_gen), n_replicates)``
+    (or ``(n_replicates,)`` for a scalar ``n_gen``), to set beside :func:`expected_unique`.
+    """
+    p = np.asarray(torch.as_tensor(p, dtype=torch.float64).flatten())
+    if (p < 0).any() or p.sum() > 1 + 1e-9:
+        raise ValueError("p must be probabilities >= 0 whose sum is at most 1")
+    if n_replicates < 1:
+        raise ValueError(f"n_replicates must be >= 1, got {n_replicates}")
+    sizes = np.atleast_1d(np.asarray(n_gen))
+    if (sizes < 0).any() or not np.issubdtype(sizes.dtype, np.integer):
+        raise ValueError(f"n_gen must be integers >= 0, got {n_gen!r}")
+    rng = np.random.default_rng(seed)
+    probs = np.append(p, max(0.0, 1.0 - p.sum()))
+    probs /= probs.sum()
+    out = np.stack([(rng.multinomial(int(n), probs, size=n_replicates)[:, :-1] > 0).sum(1) for n in sizes])
+    return out[0] if np.ndim(n_gen) == 0 else out

@@ -27,6 +27,8 @@ SMOKE = {
     "04_overfitted_model": dict(n_generate=100, n_sample_steps=20, n_axes=8, n_steps=20, sweep_points=4, sweep_steps=5),
     "05_memorized_vs_unmemorized": dict(n_generate=300, n_sample_steps=10, n_compare=10, axes_sweep=[1, 4], n_steps=10),
     "08_replication_by_retrieval": dict(n_generate=100, n_sample_steps=10, n_bench=40, n_generate_dup=200, n_gallery=4),
+    "06_pointwise_memorization": dict(n_mc=2000, n_copier=20, n_copier_samples=500, n_replicates=20,
+                                      cluster_grid=[5]),
     "07_side": dict(n_steps=5, n_random=200, n_per_lambda=20, lambda_grid=[0, 2, 8], band_factors=[1.0],
                     n_oracle=100, cluster_grid=[2, 5], n_per_k=20, n_toy=100),
     "09_local_intrinsic_dimension": dict(dims=[1, 3], n_points=8, n_lpca=120, n_neighbors=40, t0_grid=[1e-3, 0.05], n_train=16),

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "mempkg"
 LAYERS = [
     {"_checks"},
     {"sde"},
-    {"score", "nets", "data", "report"},
+    {"score", "nets", "data", "report", "pointwise"},
     {"ode", "train", "plotting"},
     {"sampling"},
     {"metrics", "volume"},
