@@ -22,6 +22,7 @@ LAYERS = [
     {"side"},
     {"lid", "checkpoints"},
     {"guidance", "retrieval"},
+    {"audit"},
     {"run"},
     {"sweep"},
     {"__main__", "__init__"},
