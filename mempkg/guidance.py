@@ -5,6 +5,9 @@
 * :func:`cfg_vector_norm` -- the norm of the CFG vector ``s(x; t, c) - s(x; t, null)`` at training
   images, after a few Euler steps of the conditional probability-flow ODE up to ``t0`` (seed 004,
   App. C.1, following Wen et al. 2023), in the noise scale ``sigma(t0) |...|``.
+* :func:`noise_detectors` -- two detectors that need no denoising, computed on pure noise: the norm
+  of the CFG vector at the first step (Wen et al., ICLR 2024) and its angular alignment with the
+  unconditional score at low noise (Asthana & Belagiannis, ICLR 2026).
 * :func:`cfg_metrics` -- the trajectory-averaged metrics of App. D.2: ``A^CFG`` (Eq. 24), the CFG-
   adjusted score norm ``A^{s^CFG}`` (Eq. 25) and ``A^FLIPD`` (Eqs. 26-28), for a class.
 
@@ -24,7 +27,7 @@ from .ode import integrate, ode_step, time_grid
 from .score import NetworkScore
 from .sde import VPSDE
 
-__all__ = ["CFGScore", "cfg_vector_norm", "cfg_metrics"]
+__all__ = ["CFGScore", "cfg_vector_norm", "noise_detectors", "cfg_metrics"]
 
 
 class CFGScore:
@@ -116,6 +119,49 @@ def cfg_vector_norm(score: NetworkScore, x: torch.Tensor, sde: VPSDE, labels, t0
         if scale is not None:
             guided[rows] = sde.sigma(t0) * (s_u + scale * vec).reshape(len(rows), -1).norm(dim=1)
     return out if scale is None else (out, guided)
+
+
+@torch.no_grad()
+def noise_detectors(score: NetworkScore, sde: VPSDE, labels, n_draws: int = 16, t_first: float = 1.0,
+                    t_align: float = 0.04, generator: torch.Generator | None = None, dtype=torch.float32,
+                    device=None) -> dict[str, torch.Tensor]:
+    """Denoising-free memorization detectors of a label, on ``n_draws`` pure-noise inputs ``x_T ~ N(0, I)``.
+
+    * ``"norm"``: ``sigma(t_first) |s(x_T; t_first, c) - s(x_T; t_first, null)|``, the magnitude of the
+      conditional-minus-unconditional noise prediction at the first step (Wen et al., "Detecting,
+      explaining, and mitigating memorization in diffusion models", ICLR 2024, Sec. 3; their AUC on
+      Stable Diffusion 1.5 is about 0.96 at the first step). Larger = memorized.
+    * ``"alignment"``: the cosine between the unconditional score and the CFG vector, both evaluated
+      at the same ``x_T`` as if it sat at the low noise level ``t_align`` (Asthana & Belagiannis,
+      "Detecting and mitigating memorization in diffusion models through anisotropy of the
+      log-probability", ICLR 2026: their released code evaluates the pure-noise latent at the third
+      to last of 50 DDIM steps, ``t ~ 0.04``, which is our default). The cosine of noise predictions
+      equals that of scores (both are scaled by ``-sigma``). Their combined metric is
+      ``gamma_1 norm + gamma_2 alignment`` with weights set per model; choose them on held-out data.
+
+    Parameters
+    ----------
+    score : NetworkScore of a class-conditional network; sde : VPSDE
+    labels : int or sequence of ints, the classes (the "prompts") to score
+    n_draws : int, noise draws per label (the same draws for every label)
+    t_first, t_align : times in (0, 1]
+
+    Returns
+    -------
+    dict with ``"norm"`` and ``"alignment"``, tensors ``(n_labels, n_draws)``.
+    """
+    n_draws = check_positive_int(n_draws, "n_draws")
+    t_first, t_align = check_time(t_first, "t_first"), check_time(t_align, "t_align")
+    labels = [int(c) for c in torch.as_tensor(labels).reshape(-1).tolist()]
+    guides = [CFGScore(score, c) for c in labels]           # checks the labels before any work
+    x = sde.prior_sample((n_draws, *score.data_shape), generator=generator, dtype=dtype, device=device)
+    norm = torch.empty(len(labels), n_draws, dtype=dtype)
+    alignment = torch.empty_like(norm)
+    for k, guide in enumerate(guides):
+        norm[k] = (sde.sigma(t_first) * guide.cfg_vector(x, t_first).flatten(1).norm(dim=1)).cpu()
+        vec, uncond = guide.cfg_vector(x, t_align, return_unconditional=True)
+        alignment[k] = torch.nn.functional.cosine_similarity(uncond.flatten(1), vec.flatten(1), dim=1).cpu()
+    return {"norm": norm, "alignment": alignment}
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mempkg import VPSDE
+from mempkg import VPSDE, guidance
 from mempkg.guidance import CFGScore, cfg_metrics, cfg_vector_norm
 from mempkg.nets import MLPScoreNet
 from mempkg.score import NetworkScore
@@ -55,3 +55,25 @@ def test_cfg_metrics_return_finite_numbers_and_check_their_arguments():
         CFGScore(NetworkScore(MLPScoreNet((4,), hidden=8, n_blocks=1), SDE), 0)
     with pytest.raises(ValueError, match="t_max_flipd"):
         cfg_metrics(score, 1, SDE, n_trajectories=2, n_steps=4, t_max_flipd=1e-4)
+
+
+def test_noise_detectors_on_shared_draws_zero_for_a_label_blind_network_and_checked():
+    score = conditional_score()
+    g = torch.Generator().manual_seed(0)
+    out = guidance.noise_detectors(score, SDE, [0, 2], n_draws=5, generator=g)
+    assert out["norm"].shape == out["alignment"].shape == (2, 5)
+    assert (out["norm"] >= 0).all() and (out["alignment"].abs() <= 1 + 1e-6).all()
+    again = guidance.noise_detectors(score, SDE, [0, 2], n_draws=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["norm"], again["norm"])
+    # the first-step norm by hand: sigma(1) |s(x, 1, c) - s(x, 1, null)| on the same draw
+    x = SDE.prior_sample((5, 4), generator=torch.Generator().manual_seed(0))
+    by_hand = SDE.sigma(1.0) * (score.with_label(2)(x, 1.0) - score.with_label(None)(x, 1.0)).norm(dim=1)
+    assert torch.allclose(out["norm"][1], by_hand, rtol=1e-5)
+    with torch.no_grad():
+        score.net.class_embed.weight.zero_()            # the label no longer changes the network
+    blind = guidance.noise_detectors(score, SDE, [1], n_draws=3)
+    assert blind["norm"].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="label"):
+        guidance.noise_detectors(score, SDE, [7])
+    with pytest.raises(ValueError, match="n_draws"):
+        guidance.noise_detectors(score, SDE, [0], n_draws=0)
