@@ -110,7 +110,8 @@ def _retrieval(similarity):
     def fn(ctx, x):
         if "_gen_feats" not in ctx:
             ctx["_gen_feats"] = ctx["extractor"](ctx["gen"].float())
-        values, _ = retrieval.top1(ctx["extractor"](x.float()), ctx["_gen_feats"], similarity=similarity)
+        values, _ = retrieval.top1(ctx["extractor"](x.float()), ctx["_gen_feats"], similarity=similarity,
+                                   normalize="chunk")
         return values.double()
     return fn
 
@@ -141,7 +142,7 @@ MEASURES: dict[str, Measure] = {
     "copies": Measure(_copies, "high", True, "Carlini et al.: generations with l < 1/3"),
     "nearest_generation": Measure(_nearest_generation, "low", True, "distance to the nearest generation"),
     "cosine": Measure(_retrieval("cosine"), "high", True, "seed 003: top-1 cosine"),
-    "split_product": Measure(_retrieval("split_product"), "high", True, "seed 003: split product"),
+    "split_product": Measure(_retrieval("split_product"), "high", True, "seed 003: split product, each chunk unit-normalised"),
     "lpca_generations": Measure(_lpca_generations, "low", True, "seed 004: LID_* of the generations"),
     "distance_to_mean": Measure(_distance_to_mean, "low", False, "negative control"),
 }

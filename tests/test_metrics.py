@@ -1,4 +1,5 @@
 """Nearest neighbours against brute force."""
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,19 @@ def test_calibrated_bands_put_the_stated_share_of_held_out_images_in_the_low_ban
     assert abs(ams - 0.01) < 0.002, "a memorize-nothing set scores the false-positive rate in the low band"
     with pytest.raises(ValueError, match="false_positive_rate"):
         calibrate_bands(held, 1.5)
+
+
+def test_auc_interval_matches_the_pairwise_auc_and_covers_it():
+    from mempkg.metrics import auc, auc_interval
+
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1, 1, 30), rng.normal(0, 1, 300)].round(1)      # rounding makes ties
+    labels = np.r_[np.ones(30), np.zeros(300)].astype(bool)
+    value, low, high = auc_interval(scores, labels, n_boot=500)
+    assert value == pytest.approx(auc(scores[labels], scores[~labels]), abs=1e-12)
+    assert low < value < high and high - low < 0.25
+    assert auc_interval(np.r_[2.0, 3.0, 0.0, 1.0], [True, True, False, False], n_boot=50) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="both"):
+        auc_interval([1.0, 2.0], [True, True])
+    with pytest.raises(ValueError, match="level"):
+        auc_interval([1.0, 2.0], [True, False], level=1.5)
