@@ -30,11 +30,14 @@ __all__ = ["Measure", "MEASURES", "DEFAULT_MEASURES", "CountingScore", "generate
 
 
 class CountingScore:
-    """Wrap ``score`` and count its evaluations: rows of ``x`` passed to it, to its ``predict_eps``
-    (the epsilon reading FLIPD uses) and to its analytic ``jvp`` (exact scores). The cost of a measure.
-    """
+    """Wrap ``score`` and count its evaluations: the cost of a measure.
 
-    _COUNTED = ("predict_eps", "jvp")
+    ``evaluations`` adds the rows of ``x`` of every call (and of ``predict_eps``, the epsilon
+    reading FLIPD uses) and every tangent of a Jacobian-vector product
+    (:func:`mempkg.score.score_jvp` reports them through :meth:`count_tangents`): a JVP along ``k``
+    directions at ``b`` points counts ``b k``, its primal pass ``b``. A backward pass (FLIPD's
+    Hutchinson probe) is not counted separately; it costs about two forward passes.
+    """
 
     def __init__(self, score):
         self.score, self.evaluations = score, 0
@@ -43,9 +46,12 @@ class CountingScore:
         self.evaluations += x.shape[0]
         return self.score(x, t)
 
-    def __getattr__(self, name):          # everything else (parameterization, devices) from the score
+    def count_tangents(self, n: int):
+        self.evaluations += n
+
+    def __getattr__(self, name):          # everything else (parameterization, jvp, devices) from the score
         attr = getattr(self.__dict__["score"], name)
-        if name in self._COUNTED and callable(attr):
+        if name == "predict_eps" and callable(attr):
             def counted(x, *args, **kwargs):
                 self.evaluations += x.shape[0]
                 return attr(x, *args, **kwargs)
@@ -80,6 +86,14 @@ def _cheap_volume(ctx, x):
 def _full_volume(ctx, x):
     return _volume(ctx, x, n_axes=ctx["n_axes"], n_steps=ctx["n_steps"], method="qr", sigma=ctx["sigma"],
                    ode_method="heun", t_start=ctx["t_start"])
+
+
+def _step_volume(ctx, x):
+    """All axes, one short step from ``alpha(t0) x`` at ``t0``: to first order FLIPD's trace term (chapter 13)."""
+    d = x[0].numel()
+    t0 = ctx["t0"]
+    return _volume(ctx, ctx["sde"].alpha(t0) * x, n_axes=d, n_steps=1, method="jvp", grid="uniform",
+                   t_start=t0, t_end=t0 + 1e-4)
 
 
 def _flipd(ctx, x):
@@ -137,6 +151,8 @@ def _distance_to_mean(ctx, x):
 MEASURES: dict[str, Measure] = {
     "volume_growth_cheap": Measure(_cheap_volume, "high", False, "seed 000, Eq. 13: one axis, one step"),
     "volume_growth": Measure(_full_volume, "high", False, "seed 000, Eq. 13 and Algorithm 1 (QR)"),
+    "volume_growth_step": Measure(_step_volume, "high", False,
+                                  "seed 000, Eq. 13: all axes, one step at t0 (FLIPD's trace term)"),
     "flipd": Measure(_flipd, "low", False, "seed 004, Eq. 6"),
     "normal_bundle": Measure(_normal_bundle, "low", False, "seed 004, Eqs. 7-8"),
     "copies": Measure(_copies, "high", True, "Carlini et al.: generations with l < 1/3"),
@@ -155,6 +171,17 @@ def generate_pool(score, shape, sde, n_generate: int, n_steps: int = 50, generat
     n_generate = check_positive_int(n_generate, "n_generate")
     return sample_ode(score, (n_generate, *shape), sde, n_steps=n_steps, generator=generator, device=device,
                       dtype=dtype, progress=progress)
+
+
+def _progress_bar(total: int, progress: bool):
+    """A tqdm bar when asked for (imported then: tqdm.auto warns in kernels without widgets)."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="audit", unit="image")
+    from types import SimpleNamespace
+
+    return SimpleNamespace(update=lambda n: None, close=lambda: None)
 
 
 def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, gen: torch.Tensor | None = None,
@@ -185,7 +212,6 @@ def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, ge
         (the pool's cost is the row ``"generations"``)
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     unknown = [m for m in measures if m not in MEASURES]
     if unknown:
@@ -212,7 +238,7 @@ def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, ge
            "t_start": t_start, "t_cheap": t_cheap, "threshold": threshold, "n_neighbors": n_neighbors,
            "extractor": extractor or _default_extractor(train)}
     columns = {}
-    bar = tqdm(total=len(measures) * len(train), desc="audit", unit="image", disable=not progress)
+    bar = _progress_bar(len(measures) * len(train), progress)
     for name in measures:
         counting.evaluations = 0
         start = time.perf_counter()

@@ -64,6 +64,9 @@ def score_jvp(score, x: torch.Tensor, t, tangents: torch.Tensor) -> torch.Tensor
     Volume growth (tangent propagation, :func:`mempkg.ode.ode_step_jvp`) and FLIPD's trace
     (:func:`mempkg.lid.flipd`) are built on it.
     """
+    count = getattr(score, "count_tangents", None)     # a cost counter (mempkg.audit.CountingScore)
+    if count is not None:
+        count(tangents.shape[0] * tangents.shape[1])
     if hasattr(score, "jvp"):
         return score.jvp(x, t, tangents)
     with warnings.catch_warnings():  # torch's forward-AD set-up warns about its own use of jit

@@ -6,6 +6,7 @@ import torch
 
 from mempkg import EmpiricalScore, GaussianScore, MixtureScore, VPSDE, audit
 from mempkg.metrics import auc
+from mempkg.score import score_jvp
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_one_row_per_image_one_column_per_measure(known):
     assert (cost.loc[list(audit.DEFAULT_MEASURES), "memorized"].isin(["high", "low"])).all()
 
 
-@pytest.mark.parametrize("name", ["flipd", "copies", "nearest_generation", "volume_growth_cheap", "cosine"])
+@pytest.mark.parametrize("name", ["flipd", "copies", "nearest_generation", "volume_growth_cheap", "volume_growth_step",
+                                  "cosine"])
 def test_measures_find_the_known_memorized_points(known, name):
     table, _, memorized = known
     assert oriented_auc(table, name, memorized) > 0.9
@@ -59,6 +61,7 @@ def test_costs_count_score_evaluations(known):
     # generations: 40 Heun steps of 400 points (2 evaluations each but the last) plus the denoising
     assert cost.loc["generations", "score_evaluations"] >= 40 * 400
     assert cost.loc["flipd", "score_evaluations"] >= 48
+    assert cost.loc["volume_growth_step", "score_evaluations"] >= 48 * 8    # d tangents per image
     assert cost.loc["distance_to_mean", "score_evaluations"] == 0
 
 
@@ -67,8 +70,11 @@ def test_counting_score_counts_rows_and_forwards_attributes():
     base = EmpiricalScore(torch.zeros(3, 2, dtype=torch.float64), sde)
     counting = audit.CountingScore(base)
     counting(torch.zeros(5, 2, dtype=torch.float64), 0.5)
-    counting.jvp(torch.zeros(4, 2, dtype=torch.float64), 0.5, torch.ones(4, 3, 2, dtype=torch.float64))
-    assert counting.evaluations == 9 and counting.sde is sde
+    score_jvp(counting, torch.zeros(4, 2, dtype=torch.float64), 0.5, torch.ones(4, 3, 2, dtype=torch.float64))
+    assert counting.evaluations == 5 + 12 and counting.sde is sde       # 4 points x 3 tangents
+    network = audit.CountingScore(lambda x, t: -x * t)                  # autodiff JVPs count the same
+    score_jvp(network, torch.zeros(4, 2), 0.5, torch.ones(4, 3, 2))
+    assert network.evaluations >= 12
     assert not hasattr(audit.CountingScore(lambda x, t: x), "jvp")
 
 

@@ -35,6 +35,8 @@ SMOKE = {
     "10_von_mises_mixture": dict(n_generate=200, n_sample_steps=50, t0_grid=[0.01, 0.05]),
     "11_lid_on_images": dict(n_generate=200, n_sample_steps=20, t0_grid=[0.05], n_nb=20, n_neighbors=40),
     "12_conditioning_and_cfg": dict(n_per_class=20, n_sample_steps=20, n_lid=5, n_trajectories=2, metric_steps=20),
+    "13_every_detector": dict(n_exact=60, n_point_masses=6, n_generate=200, n_independent=200, n_side=100,
+                              side_clusters=5, n_draws=8, n_boot=50),
 }
 
 
