@@ -21,7 +21,7 @@ LAYERS = [
     {"metrics", "volume"},
     {"side"},
     {"lid", "checkpoints"},
-    {"guidance", "retrieval"},
+    {"guidance", "retrieval", "adapters"},
     {"audit"},
     {"run"},
     {"sweep"},
