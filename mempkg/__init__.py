@@ -26,6 +26,8 @@ Modules (one idea each):
 * :mod:`mempkg.metrics` -- the one nearest-neighbour search, Carlini's calibrated l2, memorized sets
 * :mod:`mempkg.retrieval` -- replication by retrieval: cosine and split-product similarity, feature
   extractors, calibrated replication rates, a benchmark of known replicas (seed 003)
+* :mod:`mempkg.audit` -- every measure per training image of one model, costed; ``python -m mempkg audit``
+* :mod:`mempkg.adapters` -- a diffusers UNet2DModel and its scheduler as a score (imported on use)
 * :mod:`mempkg.plotting`, :mod:`mempkg.report`, :mod:`mempkg.run` -- the book's figures,
   closing tables and papermill runs (imported on first use)
 

@@ -1,8 +1,9 @@
-"""Command line: ``python -m mempkg {list,execute,run,sweep,train}``.
+"""Command line: ``python -m mempkg {list,execute,run,sweep,train,audit}``.
 
 ``list``, ``execute`` and ``run`` drive the chapters (:mod:`mempkg.run`); ``sweep`` runs a grid of
 parameters on Dask distributed (:mod:`mempkg.sweep`); ``train NAME`` trains
-the model of a recipe and commits it to ``data/`` with its sha256 (:mod:`mempkg.checkpoints`).
+the model of a recipe and commits it to ``data/`` with its sha256 (:mod:`mempkg.checkpoints`);
+``audit`` scores every training image of a model by every measure (:mod:`mempkg.audit`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,30 @@ def main(argv=None) -> int:
     sw.add_argument("--notebooks", default=str(run.NOTEBOOKS), help=argparse.SUPPRESS)
     tr = sub.add_parser("train", help="train a recipe's model into data/NAME.pt and record it in data/manifest.json")
     tr.add_argument("name", help="recipe name (see mempkg.checkpoints.RECIPES)")
+    au = sub.add_parser("audit", help="score every training image of a model by every measure; CSV, Parquet, HTML")
+    au.add_argument("--model", required=True, help="a recipe name, a TorchScript noise network, or a diffusers folder")
+    au.add_argument("--train", required=True, help="a .npy/.pt tensor, an image folder, or cifar10:<root>")
+    au.add_argument("--out", required=True, help="the folder for measures.csv/.parquet, cost.csv and report.html")
+    au.add_argument("--measures", default=None, help="comma-separated measure names (default: all)")
+    au.add_argument("--device", default="cpu")
+    au.add_argument("--n-generate", type=int, default=2000, help="the shared pool of generations (default 2000)")
+    au.add_argument("--chunk-size", type=int, default=256, help="training images per resumable chunk")
+    au.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+
+    if args.command == "audit":
+        from . import audit
+
+        measures = audit.DEFAULT_MEASURES if args.measures is None else [m for m in args.measures.split(",") if m]
+        try:
+            written = audit.run_audit(args.model, args.train, args.out, measures, device=args.device,
+                                      n_generate=args.n_generate, chunk_size=args.chunk_size, seed=args.seed)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for name, path in written.items():
+            print(path)
+        return 0
 
     if args.command == "list":
         for path in run.chapters():

@@ -92,7 +92,9 @@ class DiffusersEpsNet(nn.Module):
         tau = continuous_to_timestep(tt, self.scheduler, self.sde).to(x.device)
         tau = tau.expand(x.shape[0]) if tau.ndim == 0 or tau.numel() == 1 else tau
         labels = None if label is None else torch.as_tensor(label, device=x.device).expand(x.shape[0])
-        out = self.unet(x, tau.to(x.dtype), class_labels=labels).sample
+        # the math kernel of attention: the fused CPU kernel has no forward-mode derivative (JVPs)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            out = self.unet(x, tau.to(x.dtype), class_labels=labels).sample
         if self.prediction == "epsilon":
             return out
         log_abar = torch.as_tensor(self._interp_log_abar(tau), dtype=x.dtype, device=x.device)
