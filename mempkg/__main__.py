@@ -38,23 +38,27 @@ def main(argv=None) -> int:
     au.add_argument("--model", required=True, help="a recipe name, a TorchScript noise network, or a diffusers folder")
     au.add_argument("--train", required=True, help="a .npy/.pt tensor, an image folder, or cifar10:<root>")
     au.add_argument("--out", required=True, help="the folder for measures.csv/.parquet, cost.csv and report.html")
-    au.add_argument("--measures", default=None, help="comma-separated measure names (default: all)")
-    au.add_argument("--device", default="cpu")
+    au.add_argument("--measures", default=None, help="comma-separated names from mempkg.audit.MEASURES (default: all)")
+    au.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     au.add_argument("--n-generate", type=int, default=2000, help="the shared pool of generations (default 2000)")
     au.add_argument("--chunk-size", type=int, default=256, help="training images per resumable chunk")
-    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--seed", type=int, default=0, help="seeds the pool of generations and each chunk's probes")
     args = parser.parse_args(argv)
 
     if args.command == "audit":
         from . import audit
 
-        measures = audit.DEFAULT_MEASURES if args.measures is None else [m for m in args.measures.split(",") if m]
+        measures = audit.DEFAULT_MEASURES if args.measures is None else [m.strip() for m in args.measures.split(",") if m.strip()]
         try:
             written = audit.run_audit(args.model, args.train, args.out, measures, device=args.device,
                                       n_generate=args.n_generate, chunk_size=args.chunk_size, seed=args.seed)
-        except ValueError as exc:
+        except ValueError as exc:  # bad input, found before any work
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: finished chunks are kept in {args.out}/.chunks; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
         for name, path in written.items():
             print(path)
         return 0
