@@ -84,9 +84,13 @@ def _cheap_volume(ctx, x):
     return _volume(ctx, x, n_axes=1, n_steps=1, method="jvp", t_start=ctx["t_start"], t_end=ctx["t_cheap"])
 
 
-def _full_volume(ctx, x):
-    return _volume(ctx, x, n_axes=ctx["n_axes"], n_steps=ctx["n_steps"], method="qr", sigma=ctx["sigma"],
+def _full_volume(ctx, x, method="qr"):
+    return _volume(ctx, x, n_axes=ctx["n_axes"], n_steps=ctx["n_steps"], method=method, sigma=ctx["sigma"],
                    ode_method="heun", t_start=ctx["t_start"])
+
+
+def _paper_volume(ctx, x):
+    return _full_volume(ctx, x, method="paper")
 
 
 def _step_volume(ctx, x):
@@ -152,6 +156,8 @@ def _distance_to_mean(ctx, x):
 MEASURES: dict[str, Measure] = {
     "volume_growth_cheap": Measure(_cheap_volume, "high", False, "seed 000, Eq. 13: one axis, one step"),
     "volume_growth": Measure(_full_volume, "high", False, "seed 000, Eq. 13 and Algorithm 1 (QR)"),
+    "volume_growth_paper": Measure(_paper_volume, "high", False,
+                                   "seed 000, Algorithm 1 as written (sort, Gram-Schmidt, reset)"),
     "volume_growth_step": Measure(_step_volume, "high", False,
                                   "seed 000, Eq. 13: all axes, one step at t0 (FLIPD's trace term)"),
     "flipd": Measure(_flipd, "low", False, "seed 004, Eq. 6"),
