@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["claims_table", "save_results", "fmt"]
+__all__ = ["claims_table", "save_results", "fmt", "verdict"]
 
 VERDICTS = ("agrees", "differs", "not comparable")
 
@@ -20,6 +21,17 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, str):
         return value
     return f"{float(value):.{digits}g}"
+
+
+def verdict(ok) -> str:
+    """The verdict of a closing-table row from its stated rule: "agrees" when ``ok`` holds.
+
+    ``ok`` is the rule evaluated on this run's numbers (a bool, or a numpy bool), so a run with
+    other parameters can print "differs"; a verdict is never typed by hand.
+    """
+    if not isinstance(ok, (bool, np.bool_)):
+        raise TypeError(f"ok must be a bool (the rule evaluated on the numbers), got {type(ok).__name__}")
+    return VERDICTS[0] if ok else VERDICTS[1]
 
 
 def claims_table(rows) -> pd.DataFrame:

@@ -1,0 +1,27 @@
+"""The closing table: verdicts come from a rule evaluated on the numbers, never from a literal."""
+import numpy as np
+import pytest
+
+from mempkg.report import claims_table, verdict
+
+
+def test_verdict_follows_the_rule():
+    assert verdict(True) == "agrees"
+    assert verdict(False) == "differs"
+    assert verdict(np.float64(0.3) < 0.5) == "agrees"
+    assert verdict(np.array([0.7]).max() < 0.5) == "differs"
+
+
+@pytest.mark.parametrize("bad", [0.3, 1, "agrees", None])
+def test_verdict_refuses_anything_but_a_bool(bad):
+    with pytest.raises(TypeError, match="ok must be a bool"):
+        verdict(bad)
+
+
+def test_claims_table_refuses_an_unknown_verdict():
+    row = ("claim", "source", "paper", "run", "agrees", "why")
+    assert list(claims_table([row])["verdict"]) == ["agrees"]
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        claims_table([row[:4] + ("maybe",) + row[5:]])
+    with pytest.raises(ValueError, match="each row must have 6 fields"):
+        claims_table([row[:5]])
