@@ -8,7 +8,7 @@ import torch
 from mempkg import VPSDE, EmpiricalScore, GaussianScore
 from mempkg.data import digits, subspace_gaussian
 from mempkg.lid import (flipd, flipd_closed_form_subspace, jacobian_rank, knn_indices, lpca, normal_bundle, rank_by_gap,
-                        rank_by_quantile)
+                        rank_by_noise_floor, rank_by_quantile)
 from mempkg.nets import MLPScoreNet
 from mempkg.score import NetworkScore, SphereScore
 
@@ -51,8 +51,8 @@ def test_flipd_and_normal_bundle_on_spheres(k):
     model = SphereScore(k, 6, SDE)
     x = model.sample(8, 0.0, generator=torch.Generator().manual_seed(k))
     assert torch.allclose(flipd(model, x, SDE, t0=1e-3, n_probes=None), torch.full((8,), float(k), dtype=F64), atol=1e-2)
-    # in d = 6 the default K = 4d = 24 samples leave the normal singular values too uneven for the
-    # largest-gap rule (see normal_bundle's docstring); 200 samples resolve them
+    # in d = 6 the default K = 4d = 24 samples put the normal singular values in a wide
+    # Marchenko-Pastur bulk (edges sqrt(24) -+ sqrt(5)); 200 samples make it narrow
     nb = normal_bundle(model, x, SDE, t0=1e-2, n_samples=200, generator=torch.Generator().manual_seed(0))
     assert nb.tolist() == [k] * 8
 
@@ -62,6 +62,44 @@ def test_empirical_score_is_zero_dimensional_at_training_points():
     model = EmpiricalScore(train, SDE)
     assert flipd(model, train[:6], SDE, t0=0.01, n_probes=None).abs().max().item() < 1e-6
     assert normal_bundle(model, train[:3], SDE, t0=0.01, generator=torch.Generator().manual_seed(0)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_normal_bundle_at_the_default_t0_on_a_circle_and_a_sphere_in_64_dimensions(k):
+    """Closed-form truth LID = k at every point. The largest gap after an appended zero returned
+    LID 0 at 42.5 % (circle) and 26.5 % (sphere) of these 200 points; the noise floor gets all."""
+    model = SphereScore(k, 64, SDE)
+    x = model.sample(200, 0.0, generator=torch.Generator().manual_seed(k))
+    lid, sv = normal_bundle(model, x, SDE, generator=torch.Generator().manual_seed(0),
+                            return_singular_values=True)
+    assert lid.tolist() == [k] * 200
+    old_rule = 64 - rank_by_gap(sv)
+    assert 0.2 < (old_rule == 0).double().mean().item() < 0.5
+    assert torch.equal(lid, 64 - rank_by_noise_floor(sv, 4 * 64, 1 / SDE.sigma(0.1)))
+
+
+@pytest.mark.parametrize("t0", [0.01, 0.1])
+def test_normal_bundle_gives_zero_at_training_points_of_an_empirical_score(t0):
+    """A point mass: the score near a training point is -eps / sigma in all d directions."""
+    train = digits(32, dtype=F64)
+    lid = normal_bundle(EmpiricalScore(train, SDE), train[:8], SDE, t0=t0,
+                        generator=torch.Generator().manual_seed(0))
+    assert lid.tolist() == [0] * 8
+
+
+def test_rank_by_noise_floor_on_gaussian_matrices():
+    """r normal directions of scale 5 and d - r tangent ones of scale 1: rank r, for any r."""
+    g = torch.Generator().manual_seed(0)
+    for r in (0, 1, 10, 40, 64):
+        scales = torch.cat([torch.full((r,), 5.0), torch.ones(64 - r)]).double()
+        sv = torch.stack([torch.linalg.svdvals(torch.randn(256, 64, generator=g, dtype=F64) * scales)
+                          for _ in range(5)])
+        assert rank_by_noise_floor(sv, 256, scale=5.0).tolist() == [r] * 5
+    assert rank_by_noise_floor(torch.zeros(2, 4, dtype=F64), 16).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="margin"):
+        rank_by_noise_floor(torch.ones(1, 3), 10, margin=0.0)
+    with pytest.raises(ValueError, match="scale"):
+        rank_by_noise_floor(torch.ones(1, 3), 10, scale=-1.0)
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
