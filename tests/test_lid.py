@@ -134,6 +134,19 @@ def test_lpca_gives_zero_to_duplicated_points_in_the_ross_version():
     assert (lid[:5] == 0).all() and lid[5:150].float().mean() > 1
 
 
+def test_the_ross_threshold_ignores_zero_variances():
+    """Two directions of variance 1, two of 1e-4, sixteen of 0, and five points tripled. The
+    median of the non-zero variances lies between the two groups: LID 2 (0 at the duplicates).
+    Counting the zeros (80 % of all variances) the median was 0 and every point got its rank, 4."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(150, 20, dtype=F64)
+    x[:, :4] = torch.randn(150, 4, generator=g, dtype=F64) * torch.tensor([1.0, 1.0, 1e-2, 1e-2], dtype=F64)
+    data = torch.cat([x, x[:5].repeat(2, 1)])
+    lid = lpca(data, n_neighbors=30, version="ross", variance_quantile=0.5, distance_quantile=0.001)
+    assert lid[:5].tolist() == [0] * 5 and lid[5:150].tolist() == [2] * 145
+    assert lpca(x[:1].repeat(40, 1), n_neighbors=10, version="ross").tolist() == [0] * 40
+
+
 def test_lpca_agrees_with_scikit_dimension_on_the_same_neighbourhoods():
     skdim = pytest.importorskip("skdim")
     data = digits(250, seed=3, dtype=F64).flatten(1)
