@@ -18,6 +18,8 @@ Ignored before the search (masked, offsets kept, so lines stay right):
    every other role (``{ref}``, ``{cite:t}``, ``{numref}``, ...), inline code, fenced code
    that is not a directive, URLs, label targets ``(x)=``, directive option lines
    (``:label: x``), HTML comments, and the number at the start of a heading;
+   the body of an exercise's ``{solution}`` (a derivation the reader is asked to do by hand:
+   its arithmetic on closed forms is not a result of the run);
 2. references to numbered things: Eq./Eqs./Equation, Section/Sec./§, Table, Figure/Fig.,
    Appendix/App., Theorem, Lemma, Proposition, Corollary, Definition, Assumption, Algorithm,
    Chapter, Exercise, Step, Line, followed by numbers such as ``4.2``, ``C.2``, ``147-150``.
@@ -54,7 +56,7 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.md"))
 
 # --- what is masked ---
 _ROLE = r"\{[A-Za-z][\w:-]*\}`[^`]*`"  # {glue:text}`x:.2f`, {ref}`ch-x`, {cite:t}`key`
-_INLINE_CODE = r"``[^`]+``|`[^`\n]+`"
+_INLINE_CODE = r"(?<!`)``[^`\n]+``(?!`)|(?<!`)`[^`\n]+`(?!`)"
 _URL = r"https?://\S+|\]\([^)\s]*\)"
 _TARGET = r"^\([\w:.-]+\)=[ \t]*$"
 _OPTION = r"^[ \t]*:[\w-]+:.*$"
@@ -102,10 +104,39 @@ def _blank(text, pattern, flags=re.M):
     return re.sub(pattern, lambda m: re.sub(r"[^\n]", " ", m.group()), text, flags=flags)
 
 
+def _blank_code_fences(text):
+    """Blank fenced code (```python, ```text, ```) and the bodies of {solution} directives.
+
+    Other directive fences (```{prf:proof}, ````{exercise}) are followed, so that their
+    closing fence is not taken for the opening of a code block.
+    """
+    out, directives, code = [], [], None
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"[ \t]*(`{3,}|~{3,})[ \t]*(.*?)\s*$", line)
+        if code is not None:
+            if (
+                m
+                and not m.group(2)
+                and m.group(1)[0] == code[0]
+                and len(m.group(1)) >= len(code)
+            ):
+                code = None
+            line = re.sub(r"[^\n]", " ", line)
+        elif m and m.group(2).startswith("{"):
+            directives.append((m.group(1), m.group(2).startswith("{solution}")))
+        elif m and not m.group(2) and directives and directives[-1][0] == m.group(1):
+            directives.pop()
+        elif m:
+            code, line = m.group(1), re.sub(r"[^\n]", " ", line)
+        if any(solution for _, solution in directives):
+            line = re.sub(r"[^\n]", " ", line)
+        out.append(line)
+    return "".join(out)
+
+
 def _mask(text):
     text = _blank(text, r"<!--.*?-->", re.S)
-    # fenced blocks that are not directives (```python, ```text, ```): code, not prose
-    text = _blank(text, r"^[ \t]*(`{3,})(?!\{)[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.M | re.S)
+    text = _blank_code_fences(text)
     for pattern in (
         _ROLE,
         _INLINE_CODE,
@@ -217,6 +248,7 @@ def test_the_checker_catches_a_planted_result_and_spares_what_is_allowed():
     assert offenders("The difference is significant (p < 0.05).")
     assert offenders("It reaches an AUC of 1 on the toy.")
     assert offenders("The residual is $0.83$ at the end.")
+    assert offenders("````{exercise}\n:label: e\n\nIt is 0.3.\n````\n\n```python\nx\n```")
     assert offenders("The slope is 1.2e-3 and the error 8e-4.")
     assert offenders("We find 0.1 nats per axis against the paper's 2.2.")
     assert offenders("The paper reports 0.96; our AUC is 0.71.")
@@ -236,6 +268,9 @@ def test_the_checker_catches_a_planted_result_and_spares_what_is_allowed():
         "We train on 1,797 digits for 1,000 steps with 64 samples.",
         "## 3.1 The setting",
         "```{prf:theorem} Theorem 2.1\n:label: thm-2.1\n\nA statement.\n```",
+        "```python\nauc = 0.83\n```",
+        "````{exercise}\n:label: e\n````\n\n````{solution} e\n:class: dropdown\n\n"
+        "$m(1) = 0.05 + 4.9/4 = 1.275$.\n````",
         "(sec-4.2)=\nSee https://example.org/v1.2 and [the docs](https://x.org/a.5).",
     ]
     for text in allowed:
