@@ -72,6 +72,21 @@ def test_paper_is_at_least_qr_and_equal_for_one_axis():
     assert torch.allclose(one["paper"].log_growth, one["qr"].log_growth, atol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["paper", "qr"])
+def test_float32_agrees_with_float64_far_from_the_data(method):
+    """At |x| = 370 float32 rounds centre + offset by ~2e-5 per coordinate; dividing by the
+    intended sigma instead of the realised offset put float32 +0.55 above float64 here."""
+    totals = []
+    for dtype in (torch.float32, F64):
+        model = GaussianScore(torch.zeros(64, dtype=dtype), 0.3 * torch.eye(64, dtype=dtype), SDE)
+        x0 = torch.randn(2, 64, generator=gen(1), dtype=F64)
+        x0 = (370 * x0 / x0.norm(dim=1, keepdim=True)).to(dtype)
+        res = volume_growth(model, x0, SDE, n_axes=16, n_steps=1000, grid="uniform", method=method,
+                            generator=gen())
+        totals.append(res.total.double())
+    assert (totals[0] - totals[1]).abs().max().item() < 0.03
+
+
 def test_qr_tends_to_jvp_as_sigma_shrinks():
     mix = small_mixture()
     x0 = mix.sample(4, 1e-3, generator=gen(1))
