@@ -31,8 +31,9 @@ flow map, which by the instantaneous change of variables equals
 
 Accuracy. Near ``t_start`` the dynamics are stiff (rates ~ ``1/v(t)``). On seed 000's uniform grid
 of 1,000 Euler steps the single-point value is 1.7 % high per axis; on the default log-spaced grid
-0.13 % (200 log-spaced steps: about 0.7 %). ``grid="uniform", n_steps=1000`` reproduces the paper's
-code. For exact scores use float64 (offsets of ``sigma = 1e-4`` break in float32). Everything
+0.13 % (200 log-spaced steps: about 0.7 %). ``grid="paper", n_steps=1000`` reproduces the paper's
+code: 1,000 Euler steps of exactly ``1e-3`` from ``t = 1e-3`` to ``t = 1.001`` (``"uniform"`` steps
+``0.999e-3`` and stops at 1; see :func:`mempkg.ode.time_grid`). For exact scores use float64 (offsets of ``sigma = 1e-4`` break in float32). Everything
 runs without autograd (forward-mode Jacobian-vector products do not need it).
 
 Each step's stretch is measured against the offsets as the points hold them, ``|x^(k)_t -
@@ -167,8 +168,10 @@ def volume_growth(
         See the module docstring.
     generator : torch.Generator, optional
         Draws the initial random axes; results are deterministic given it.
-    grid : {"log", "uniform"}
-        Time grid (see :func:`mempkg.ode.time_grid`). ``"uniform"`` is seed 000's.
+    grid : {"log", "uniform", "paper"}
+        Time grid (see :func:`mempkg.ode.time_grid`). ``"paper"`` (with ``n_steps=1000``) is seed
+        000's code: steps of exactly ``1e-3``, the last ending at ``t_end + 1e-3``; the
+        ``times`` returned then end at 1.001.
     ode_method : {"euler", "heun"}
         The ODE step. ``"euler"`` is seed 000's.
     batch_size : int, optional

@@ -79,6 +79,20 @@ def test_explicit_times_and_time_grid():
     assert torch.allclose(integrate(model, x, SDE, 1.0, 1e-3, 10, times=g), integrate(model, x, SDE, 1.0, 1e-3, 10))
 
 
+def test_the_paper_grid_takes_steps_of_exactly_1e_3_to_1_001():
+    """Seed 000's code: Euler from each of linspace(1e-3, 1, 1000) with dt = 1e-3."""
+    taus = time_grid(1e-3, 1.0, 1000, "paper")
+    assert taus.shape == (1001,) and taus[0].item() == 1e-3
+    assert torch.allclose(taus.diff(), torch.full((1000,), 1e-3, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert abs(taus[-1].item() - 1.001) < 1e-14 and abs(taus[-2].item() - 1.0) < 1e-14
+    uniform = time_grid(1e-3, 1.0, 1000, "uniform")
+    assert abs(uniform.diff()[0].item() - 0.999e-3) < 1e-15 and uniform[-1].item() == 1.0
+    with pytest.raises(ValueError, match="t_start"):
+        time_grid(1.0, 1e-3, 1000, "paper")
+    with pytest.raises(ValueError, match="n_steps"):
+        time_grid(1e-3, 1.0, 1, "paper")
+
+
 def test_nan_is_reported_with_step_and_time():
     def bad_score(x, t):
         return x * (float("nan") if t < 0.5 else 1.0)

@@ -158,3 +158,7 @@ def test_batched_paper_method_equals_the_literal_algorithm():
     batched = volume_growth(score, x0, SDE, n_axes=5, n_steps=20, generator=gen(9), method="paper")
     literal = volume_growth_loop(score, x0, SDE, n_axes=5, n_steps=20, generator=gen(9))
     assert torch.allclose(batched.log_growth, literal, rtol=1e-9, atol=1e-9)
+    on_paper_grid = volume_growth(score, x0, SDE, n_axes=5, n_steps=20, generator=gen(9), grid="paper")
+    assert abs(on_paper_grid.times[-1].item() - (1 + 0.999 / 19)) < 1e-12
+    assert torch.allclose(on_paper_grid.log_growth, volume_growth_loop(score, x0, SDE, n_axes=5, n_steps=20,
+                                                                       generator=gen(9), grid="paper"))
