@@ -82,6 +82,40 @@ def test_auc_is_the_mann_whitney_probability():
         auc([], [1.0])
 
 
+def test_auc_equals_scikit_learns_roc_auc_score_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from mempkg.metrics import auc
+
+    rng = np.random.default_rng(1)
+    for n_pos, n_neg in ((1, 7), (50, 80), (500, 300)):
+        pos, neg = rng.normal(0.3, 1, n_pos).round(1), rng.normal(0, 1, n_neg).round(1)  # many ties
+        labels = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+        assert auc(pos, neg) == pytest.approx(roc_auc_score(labels, np.r_[pos, neg]), abs=1e-12)
+        pairwise = ((pos[:, None] > neg) + 0.5 * (pos[:, None] == neg)).mean()
+        assert auc(torch.as_tensor(pos), torch.as_tensor(neg)) == pytest.approx(pairwise, abs=1e-12)
+
+
+def test_auc_of_50000_against_50000_scores_needs_no_pairwise_matrix():
+    """The pairwise comparison held 2.5e9 pairs (20 GB in float64); ranks need O(n)."""
+    from mempkg.metrics import auc
+
+    g = torch.Generator().manual_seed(0)
+    value = auc(torch.randn(50_000, generator=g) + 1, torch.randn(50_000, generator=g))
+    assert 0.7 < value < 0.8                      # Phi(1 / sqrt 2) = 0.760
+
+
+def test_nan_scores_raise_naming_the_argument():
+    from mempkg.metrics import auc, auc_interval
+
+    with pytest.raises(ValueError, match="positive"):
+        auc([1.0, float("nan")], [0.0])
+    with pytest.raises(ValueError, match="negative"):
+        auc([1.0], [float("nan")])
+    with pytest.raises(ValueError, match="scores"):
+        auc_interval([1.0, float("nan"), 0.0], [True, False, False])
+
+
 def test_ams_and_ums_by_hand():
     from mempkg.metrics import ams_ums
 
@@ -140,6 +174,8 @@ def test_auc_interval_matches_the_pairwise_auc_and_covers_it():
     labels = np.r_[np.ones(30), np.zeros(300)].astype(bool)
     value, low, high = auc_interval(scores, labels, n_boot=500)
     assert value == pytest.approx(auc(scores[labels], scores[~labels]), abs=1e-12)
+    pos, neg = scores[labels], scores[~labels]
+    assert value == pytest.approx(((pos[:, None] > neg) + 0.5 * (pos[:, None] == neg)).mean(), abs=1e-12)
     assert low < value < high and high - low < 0.25
     assert auc_interval(np.r_[2.0, 3.0, 0.0, 1.0], [True, True, False, False], n_boot=50) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="both"):
