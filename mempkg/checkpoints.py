@@ -97,6 +97,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
             "(1,180 rows), x0-prediction, stopped while only part of the set is copied.",
             DataRecipe("digits", dict(n=1000, seed=0), Duplication(n=20, times=10, seed=1)), _DIGITS_MLP,
             n_steps=30_000, **_X0),
+    _recipe("digits32_eps",
+            "Epsilon-prediction control of chapters 4-5: 32 digits and their horizontal flips (64 "
+            "images), the same network as digits64_x0, trained until it copies part of them.",
+            DataRecipe("digits", dict(n=32, seed=0, flip=True)), _DIGITS_MLP, threads=1,
+            n_steps=18_000, batch_size=128, lr=1e-3, parameterization="eps", t_min=1e-3, seed=0),
     _recipe("vonmises_x0",
             "Chapter 10's model in the plane: 100 points of a von Mises law on the unit circle "
             "(kappa = 4) plus a point mass at the origin (weight 0.2), one circle point placed "

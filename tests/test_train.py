@@ -166,6 +166,15 @@ def test_held_out_images_were_never_trained_on():
     assert not (held.flatten(1)[:, None] == train.flatten(1)[None]).all(2).any()
 
 
+def test_the_epsilon_control_differs_from_the_overfitted_model_only_by_parameterization_and_size():
+    x0, eps = checkpoints.RECIPES["digits64_x0"], checkpoints.RECIPES["digits32_eps"]
+    assert eps.net == x0.net and eps.train.parameterization == "eps" != x0.train.parameterization
+    assert eps.data.options == dict(x0.data.options, n=32)                     # digits and their flips
+    train, held = training_set(eps.data), held_out(eps.data, n=32, seed=0)
+    assert train.shape == held.shape == (64, 1, 8, 8)
+    assert not (held.flatten(1)[:, None] == train.flatten(1)[None]).all(2).any()
+
+
 def test_network_arguments_are_checked():
     with pytest.raises(ValueError, match="time_dim must be even"):
         MLPScoreNet((2,), time_dim=5)
