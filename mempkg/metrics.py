@@ -11,7 +11,9 @@
 * :func:`memorized_indices` -- the sorted indices of the copied training images only.
 
 * :func:`png_complexity` -- the length of an image's PNG encoding, a proxy for its complexity
-  (seed 004, App. C.2).
+  (seed 004, App. C.2); :func:`image_complexity` -- total variation, intensity levels or
+  high-frequency DCT energy, measures that do not saturate on small images as PNG does.
+* :func:`spearman_interval` -- a rank correlation with a paired bootstrap interval.
 * :func:`auc` -- the area under the ROC curve of a score separating two groups, how every
   detector of the book is measured.
 * :func:`ams_ums`, :func:`calibrate_bands`, :func:`expected_unique` -- seed 002's extraction
@@ -25,11 +27,11 @@ import torch
 
 from dataclasses import dataclass
 
-from ._checks import check_positive, check_positive_int, renamed_argument, no_other_kwargs
+from ._checks import check_choice, check_positive, check_positive_int, renamed_argument, no_other_kwargs
 
 __all__ = ["nearest_neighbors", "normalized_l2", "find_copies", "memorized_set", "Copies", "memorized_indices",
-           "png_complexity", "auc", "COPY_THRESHOLD", "ams_ums", "calibrate_bands", "expected_unique",
-           "BANDS_PAPER_L2", "BANDS_PAPER_SSCD"]
+           "png_complexity", "image_complexity", "auc", "spearman_interval", "COPY_THRESHOLD", "ams_ums",
+           "calibrate_bands", "expected_unique", "BANDS_PAPER_L2", "BANDS_PAPER_SSCD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
 #: do not state one; chapter 5 justifies 1/3 from the (bimodal) distribution of the ratio on
@@ -243,6 +245,55 @@ def png_complexity(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor(lengths)
 
 
+def image_complexity(images: torch.Tensor, measure: str = "tv") -> torch.Tensor:
+    """Complexity of each image by a measure that keeps resolving small images (seed 004, App. C.2).
+
+    Seed 004 divides LID estimates by the PNG length (:func:`png_complexity`). At 8x8 most
+    images are incompressible and PNG saturates at its maximum length (chapter 11 measures the
+    share), so it cannot rank them; these measures do not saturate.
+
+    ``measure="png"``
+        :func:`png_complexity`.
+    ``measure="tv"``
+        Anisotropic total variation ``sum |x[i+1, j] - x[i, j]| + |x[i, j+1] - x[i, j]|`` over
+        pixels and channels, in the images' units: 0 for a flat image.
+    ``measure="levels"``
+        The number of distinct 8-bit intensities (the quantisation of :func:`png_complexity`),
+        over all channels: 1 for a flat image.
+    ``measure="dct"``
+        The share of the energy of the orthonormal 2-D DCT-II (per channel) at frequencies
+        ``i / h + j / w >= 1/2``: 0 for a flat image, 1 for a +-1 checkerboard.
+
+    Parameters
+    ----------
+    images : tensor ``(n, c, h, w)`` in [-1, 1]
+    measure : str, one of ``"png"``, ``"tv"``, ``"levels"``, ``"dct"``
+
+    Returns
+    -------
+    float64 tensor ``(n,)`` (``"png"``: its long tensor).
+    """
+    check_choice(measure, "measure", ("png", "tv", "levels", "dct"))
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (n, c, h, w), got {tuple(images.shape)}")
+    if measure == "png":
+        return png_complexity(images)
+    x = images.detach().double().cpu()
+    if measure == "tv":
+        return (x.diff(dim=-1).abs().sum((1, 2, 3)) + x.diff(dim=-2).abs().sum((1, 2, 3)))
+    if measure == "levels":
+        q = ((x.clamp(-1, 1) + 1) * 127.5).round().flatten(1)
+        return torch.tensor([float(row.unique().numel()) for row in q], dtype=torch.float64)
+    from scipy import fft
+
+    energy = torch.from_numpy(fft.dctn(x.numpy(), axes=(2, 3), norm="ortho")) ** 2
+    h, w = x.shape[2:]
+    freq = torch.arange(h, dtype=torch.float64)[:, None] / h + torch.arange(w, dtype=torch.float64) / w
+    total = energy.sum((1, 2, 3))
+    high = energy[..., freq >= 0.5].sum((1, 2))
+    return torch.where(total > 0, high / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+
+
 def _rank_auc(pos, neg, axis=-1):
     """AUC of the scores ``pos`` over ``neg`` from ranks (Mann-Whitney U over pairs, ties one half).
 
@@ -315,6 +366,39 @@ def auc_interval(scores, labels, n_boot: int = 1000, level: float = 0.95, seed: 
         return value, value, value
     boot = stats.bootstrap((pos, neg), _rank_auc, vectorized=True, n_resamples=n_boot, confidence_level=level,
                            method="percentile", random_state=np.random.default_rng(seed))
+    low, high = boot.confidence_interval
+    return value, float(low), float(high)
+
+
+def spearman_interval(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
+    """Spearman rank correlation of paired ``a`` and ``b`` with a percentile bootstrap interval.
+
+    The pairs are resampled together (``scipy.stats.bootstrap``, ``paired=True``). Returns
+    ``(rho, low, high)``; ``nan`` throughout when either input is constant (the correlation is
+    undefined then). NaN values raise ValueError.
+    """
+    from scipy import stats
+
+    a, b = _scores(a, "a"), _scores(b, "b")
+    if a.shape != b.shape or a.size < 3:
+        raise ValueError(f"a and b must be paired, with at least 3 values, got {a.shape} and {b.shape}")
+    n_boot = check_positive_int(n_boot, "n_boot")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), float("nan"), float("nan")
+
+    def rho(x, y, axis=-1):
+        rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+        rx = rx - rx.mean(axis=axis, keepdims=True)
+        ry = ry - ry.mean(axis=axis, keepdims=True)
+        den = np.sqrt((rx ** 2).sum(axis=axis) * (ry ** 2).sum(axis=axis))
+        return (rx * ry).sum(axis=axis) / np.where(den > 0, den, np.inf)
+
+    value = float(rho(a, b))
+    boot = stats.bootstrap((a, b), rho, paired=True, vectorized=True, n_resamples=n_boot,
+                           confidence_level=level, method="percentile",
+                           random_state=np.random.default_rng(seed))
     low, high = boot.confidence_interval
     return value, float(low), float(high)
 

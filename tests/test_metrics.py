@@ -182,3 +182,60 @@ def test_auc_interval_matches_the_pairwise_auc_and_covers_it():
         auc_interval([1.0, 2.0], [True, True])
     with pytest.raises(ValueError, match="level"):
         auc_interval([1.0, 2.0], [True, False], level=1.5)
+
+
+def test_image_complexity_closed_forms_on_a_flat_image_and_a_checkerboard():
+    """Flat: total variation 0, one level, no high-frequency DCT energy. A +-1 checkerboard on
+    4x4: 2 x 12 neighbouring pairs differing by 2 (total variation 48), two levels, all of its
+    DCT energy at the highest frequency (3, 3)."""
+    from mempkg.metrics import image_complexity, png_complexity
+
+    flat = torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64)
+    board = ((torch.arange(4)[:, None] + torch.arange(4)) % 2 * 2 - 1.0).double()[None, None]
+    images = torch.cat([flat, board])
+    assert torch.allclose(image_complexity(images, "tv"), torch.tensor([0.0, 48.0], dtype=torch.float64))
+    assert image_complexity(images, "levels").tolist() == [1.0, 2.0]
+    assert torch.allclose(image_complexity(images, "dct"), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert torch.equal(image_complexity(images, "png"), png_complexity(images))
+    # total variation adds over channels and is the default measure
+    rgb = board.repeat(1, 3, 1, 1)
+    assert image_complexity(rgb).item() == pytest.approx(3 * 48.0)
+
+
+def test_image_complexity_does_not_saturate_where_png_does():
+    """8x8 noise-like images: PNG stores them all at one length, total variation ranks them."""
+    from mempkg.metrics import image_complexity, png_complexity
+
+    x = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert png_complexity(x).unique().numel() <= 2
+    assert image_complexity(x, "tv").unique().numel() == 50
+
+
+def test_image_complexity_bad_arguments():
+    from mempkg.metrics import image_complexity
+
+    with pytest.raises(ValueError, match="measure"):
+        image_complexity(torch.zeros(1, 1, 4, 4), "jpeg")
+    with pytest.raises(ValueError, match="images"):
+        image_complexity(torch.zeros(4, 4))
+
+
+def test_spearman_interval_matches_scipy_and_covers_it():
+    from scipy import stats
+
+    from mempkg.metrics import spearman_interval
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=300)
+    b = a + rng.normal(size=300)
+    rho, low, high = spearman_interval(a, b, n_boot=200)
+    assert rho == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert low < rho < high and high - low < 0.2
+    assert spearman_interval(torch.as_tensor(a), torch.as_tensor(b), n_boot=200) == (rho, low, high)
+    assert all(np.isnan(spearman_interval(a, np.ones(300))))
+    with pytest.raises(ValueError, match="paired"):
+        spearman_interval(a, b[:10])
+    with pytest.raises(ValueError, match="n_boot"):
+        spearman_interval(a, b, n_boot=0)
+    with pytest.raises(ValueError, match="NaN"):
+        spearman_interval(np.r_[a[:-1], np.nan], b)
