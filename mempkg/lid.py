@@ -6,6 +6,7 @@ The manifold memorization hypothesis compares the dimension of the model's manif
 * :func:`flipd` -- FLIPD (Kamkari et al. 2024; seed 004, Eq. 6), from a score function:
   ``d + v(t0) (tr grad s(alpha x, t0) + |s(alpha x, t0)|^2)``; the trace exactly
   (``n_probes=None``) or by Hutchinson's estimator with ``n_probes`` Rademacher probes.
+* :func:`score_trace` -- ``tr grad s(x, t)`` alone (exact or Hutchinson), FLIPD's trace term.
 * :func:`normal_bundle` -- the normal-bundle estimator (Stanczuk et al. 2024; seed 004,
   Eqs. 7-8): scores at ``K`` noisy copies of ``x`` span the normal space; ``d`` minus their rank.
 * :func:`lpca` -- local PCA on a data set (Fukunaga & Olsen 1971; seed 004, App. B.2 and C.1):
@@ -29,7 +30,7 @@ from .metrics import nearest_neighbors
 from .score import score_jvp
 from .sde import VPSDE
 
-__all__ = ["flipd", "flipd_at_noisy", "flipd_closed_form_subspace", "normal_bundle", "rank_by_noise_floor",
+__all__ = ["flipd", "flipd_at_noisy", "score_trace", "flipd_closed_form_subspace", "normal_bundle", "rank_by_noise_floor",
            "rank_by_gap", "rank_by_quantile", "lpca", "knn_indices", "jacobian_rank"]
 
 #: The share of the Marchenko-Pastur lower edge a singular value must reach to count as a normal
@@ -110,6 +111,21 @@ def flipd_at_noisy(score, x: torch.Tensor, sde: VPSDE, t: float, n_probes: int |
     if eps_form:
         return d - sigma * trace + sq
     return d + v * (trace + sq)
+
+
+def score_trace(score, x: torch.Tensor, t, n_probes: int | None = None,
+                generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
+    """``tr grad_x s(x, t)`` per point: the trace term of FLIPD (seed 004, Eq. 6) at ``x`` itself.
+
+    Exact with ``n_probes=None`` (the ``d`` basis vectors pushed through
+    :func:`mempkg.score.score_jvp` in chunks of ``chunk_size``), else Hutchinson's estimate with
+    ``n_probes`` Rademacher probes. :func:`flipd_at_noisy` uses the same computation; this is the
+    trace alone, e.g. for the one-step volume growth of chapter 9, ``-h beta/2 (d + tr grad s)``.
+    """
+    if n_probes is not None:
+        n_probes = check_positive_int(n_probes, "n_probes")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    return _trace_forward(score, x, t, n_probes, generator, chunk_size)
 
 
 def _trace_forward(field, x, t, n_probes, generator, chunk_size):

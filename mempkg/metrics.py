@@ -14,6 +14,7 @@
   (seed 004, App. C.2); :func:`image_complexity` -- total variation, intensity levels or
   high-frequency DCT energy, measures that do not saturate on small images as PNG does.
 * :func:`spearman_interval` -- a rank correlation with a paired bootstrap interval.
+* :func:`mean_interval` -- a mean with a percentile bootstrap interval.
 * :func:`auc` -- the area under the ROC curve of a score separating two groups, how every
   detector of the book is measured.
 * :func:`ams_ums`, :func:`calibrate_bands`, :func:`expected_unique` -- seed 002's extraction
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 from ._checks import check_choice, check_positive, check_positive_int, renamed_argument, no_other_kwargs
 
 __all__ = ["nearest_neighbors", "normalized_l2", "find_copies", "memorized_set", "Copies", "memorized_indices",
-           "png_complexity", "image_complexity", "auc", "spearman_interval", "COPY_THRESHOLD", "ams_ums",
+           "png_complexity", "image_complexity", "auc", "spearman_interval", "mean_interval",
+           "COPY_THRESHOLD", "ams_ums",
            "calibrate_bands", "expected_unique", "BANDS_PAPER_L2", "BANDS_PAPER_SSCD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
@@ -368,6 +370,26 @@ def auc_interval(scores, labels, n_boot: int = 1000, level: float = 0.95, seed: 
                            method="percentile", random_state=np.random.default_rng(seed))
     low, high = boot.confidence_interval
     return value, float(low), float(high)
+
+
+def mean_interval(values, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
+    """Mean of ``values`` with a percentile bootstrap interval (``scipy.stats.bootstrap``).
+
+    Returns ``(mean, low, high)``; the interval is ``nan`` with fewer than two values (and the
+    mean too when there are none). NaN values raise ValueError.
+    """
+    from scipy import stats
+
+    values = _scores(values, "values")
+    n_boot = check_positive_int(n_boot, "n_boot")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if values.size < 2:
+        mean = float(values.mean()) if values.size else float("nan")
+        return mean, float("nan"), float("nan")
+    ci = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level,
+                         method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+    return float(values.mean()), float(ci.low), float(ci.high)
 
 
 def spearman_interval(a, b, n_boot: int = 1000, level: float = 0.95, seed: int = 0):

@@ -263,3 +263,21 @@ class WithForwardJvp:
         _, out = torch.func.jvp(lambda z: self.score(z, t), (x.repeat_interleave(k, 0),),
                                 (tangents.reshape(b * k, *x.shape[1:]),))
         return out.reshape(tangents.shape)
+
+
+def test_score_trace_of_a_gaussian_is_its_closed_form():
+    from mempkg.lid import score_trace
+
+    sde, d, c, t = VPSDE(), 6, 0.3, 0.2
+    gauss = GaussianScore(torch.zeros(d, dtype=torch.float64), c * torch.eye(d, dtype=torch.float64), sde)
+    x = torch.randn(5, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = -d / (sde.alpha(t) ** 2 * c + sde.v(t))  # s(x) = -x / (alpha^2 c + v)
+    assert torch.allclose(score_trace(gauss, x, t), torch.full((5,), exact, dtype=torch.float64))
+    assert torch.allclose(score_trace(gauss, x, t, chunk_size=4), torch.full((5,), exact, dtype=torch.float64))
+    # Hutchinson with Rademacher probes is exact for a multiple of the identity
+    g = torch.Generator().manual_seed(1)
+    assert torch.allclose(score_trace(gauss, x, t, n_probes=3, generator=g), torch.full((5,), exact, dtype=torch.float64))
+    with pytest.raises(ValueError, match="n_probes"):
+        score_trace(gauss, x, t, n_probes=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        score_trace(gauss, x, t, chunk_size=0)

@@ -239,3 +239,24 @@ def test_spearman_interval_matches_scipy_and_covers_it():
         spearman_interval(a, b, n_boot=0)
     with pytest.raises(ValueError, match="NaN"):
         spearman_interval(np.r_[a[:-1], np.nan], b)
+
+
+def test_mean_interval_covers_the_true_mean_at_its_level():
+    from mempkg.metrics import mean_interval
+
+    rng = np.random.default_rng(1)
+    covered = 0
+    for rep in range(100):
+        x = rng.normal(2.0, 1.0, size=80)
+        mean, low, high = mean_interval(x, n_boot=300, seed=rep)
+        assert mean == pytest.approx(x.mean())
+        # the percentile interval is close to the normal one, mean +- 1.96 s / sqrt(n)
+        assert high - low == pytest.approx(2 * 1.96 * x.std(ddof=1) / np.sqrt(80), rel=0.25)
+        covered += low <= 2.0 <= high
+    assert 85 <= covered <= 100  # 95 % nominal; binomial(100, 0.95) lies above 85 w.p. > 0.999
+    assert np.isnan(mean_interval([3.0])[1]) and mean_interval([3.0])[0] == 3.0
+    assert all(np.isnan(mean_interval([])))
+    with pytest.raises(ValueError, match="NaN"):
+        mean_interval([1.0, np.nan])
+    with pytest.raises(ValueError, match="level"):
+        mean_interval([1.0, 2.0], level=1.5)

@@ -21,9 +21,9 @@ SOURCES = run.chapters()
 
 # Tiny parameters for the smoke run of each chapter: every chapter must have an entry.
 SMOKE = {
-    "01_vpsde": dict(n_paths=2000, n_sde_steps=100, n_ode_samples=500, n_ode_steps=50),
+    "01_vpsde": dict(n_paths=2000, n_sde_steps=100, n_ode_samples=500, n_ode_steps=50, n_seeds=2),
     "02_exact_scores": dict(n_train=16, n_generate=64, n_steps=30, n_mc=2000),
-    "03_volume_growth": dict(n_points=32, n_steps=50),
+    "03_volume_growth": dict(n_points=32, n_steps=50, n_axis_draws=2, n_boot=100),
     "04_overfitted_model": dict(n_generate=100, n_sample_steps=20, n_axes=8, n_steps=20, sweep_points=4, sweep_steps=5),
     "05_memorized_vs_unmemorized": dict(n_generate=300, n_sample_steps=10, n_compare=10, axes_sweep=[1, 4], n_steps=10),
     "08_replication_by_retrieval": dict(n_generate=100, n_sample_steps=10, n_bench=40, n_generate_dup=200, n_gallery=4),
@@ -32,7 +32,7 @@ SMOKE = {
     "07_side": dict(n_steps=5, n_random=200, n_per_lambda=20, lambda_grid=[0, 2, 8], band_factors=[1.0],
                     n_oracle=100, cluster_grid=[2, 5], n_per_k=20, n_toy=100),
     "09_local_intrinsic_dimension": dict(dims=[1, 3], n_points=8, n_lpca=120, n_neighbors=40, t0_grid=[1e-3, 0.05], n_train=16),
-    "10_von_mises_mixture": dict(n_generate=200, n_sample_steps=50, t0_grid=[0.01, 0.05]),
+    "10_von_mises_mixture": dict(n_generate=200, n_sample_steps=50, t0_grid=[0.01, 0.05], n_draws=2, n_boot=100),
     "11_lid_on_images": dict(n_generate=200, n_sample_steps=20, t0_grid=[0.05], n_nb=20, n_neighbors=40),
     "12_conditioning_and_cfg": dict(n_per_class=20, n_sample_steps=20, n_lid=5, n_trajectories=2, metric_steps=20),
     "13_every_detector": dict(n_exact=60, n_point_masses=6, n_generate=200, n_independent=200, n_side=100,
