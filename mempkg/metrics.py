@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from ._checks import check_choice, check_positive, check_positive_int, renamed_argument, no_other_kwargs
 
 __all__ = ["nearest_neighbors", "normalized_l2", "find_copies", "memorized_set", "Copies", "memorized_indices",
-           "png_complexity", "image_complexity", "auc", "spearman_interval", "mean_interval",
-           "COPY_THRESHOLD", "ams_ums",
+           "png_complexity", "image_complexity", "auc", "auc_interval_of", "spearman_interval",
+           "mean_interval", "COPY_THRESHOLD", "ams_ums",
            "calibrate_bands", "expected_unique", "BANDS_PAPER_L2", "BANDS_PAPER_SSCD"]
 
 #: Default threshold on the calibrated l2 below which a generation counts as a copy. The seeds
@@ -340,6 +340,13 @@ def auc(positive, negative) -> float:
     if pos.size == 0 or neg.size == 0:
         raise ValueError("positive and negative must each hold at least one score")
     return float(_rank_auc(pos, neg))
+
+
+def auc_interval_of(positive, negative, n_boot: int = 1000, level: float = 0.95, seed: int = 0):
+    """:func:`auc_interval` for the arguments of :func:`auc`: scores of positives and of negatives."""
+    positive, negative = _scores(positive, "positive"), _scores(negative, "negative")
+    labels = np.r_[np.ones(positive.size, dtype=bool), np.zeros(negative.size, dtype=bool)]
+    return auc_interval(np.r_[positive, negative], labels, n_boot=n_boot, level=level, seed=seed)
 
 
 def auc_interval(scores, labels, n_boot: int = 1000, level: float = 0.95, seed: int = 0):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["claims_table", "save_results", "fmt", "verdict"]
+__all__ = ["claims_table", "save_results", "fmt", "verdict", "glue_values", "glue_interval",
+           "interval_text"]
 
 VERDICTS = ("agrees", "differs", "not comparable")
 
@@ -21,6 +22,28 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, str):
         return value
     return f"{float(value):.{digits}g}"
+
+
+def glue_values(**values) -> None:
+    """Glue each keyword for the prose (MyST-NB ``glue``, not displayed): numbers as Python floats,
+    text as text, so that ``{glue:text}`name:.2f``` formats them whatever tensor or numpy scalar
+    they came from."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        glue(name, value if isinstance(value, str) else float(value), display=False)
+
+
+def glue_interval(name: str, triple) -> None:
+    """Glue a ``(value, low, high)`` triple (tuple or Series) as ``name``, ``name_lo``, ``name_hi``."""
+    value, low, high = (float(v) for v in triple)
+    glue_values(**{name: value, f"{name}_lo": low, f"{name}_hi": high})
+
+
+def interval_text(triple, digits: int = 2) -> str:
+    """``"value [low, high]"`` of a ``(value, low, high)`` triple, with ``digits`` decimals."""
+    value, low, high = (float(v) for v in triple)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def verdict(ok) -> str:

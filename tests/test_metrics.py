@@ -260,3 +260,16 @@ def test_mean_interval_covers_the_true_mean_at_its_level():
         mean_interval([1.0, np.nan])
     with pytest.raises(ValueError, match="level"):
         mean_interval([1.0, 2.0], level=1.5)
+
+
+def test_auc_interval_of_takes_the_arguments_of_auc():
+    from mempkg.metrics import auc, auc_interval, auc_interval_of
+
+    rng = np.random.default_rng(2)
+    pos, neg = rng.normal(1, 1, 40), rng.normal(0, 1, 60)
+    labels = np.r_[np.ones(40, bool), np.zeros(60, bool)]
+    out = auc_interval_of(torch.as_tensor(pos), neg, n_boot=200, seed=3)
+    assert out == auc_interval(np.r_[pos, neg], labels, n_boot=200, seed=3)
+    assert out[0] == pytest.approx(auc(pos, neg))
+    with pytest.raises(ValueError, match="positive"):
+        auc_interval_of([np.nan, 1.0], neg)

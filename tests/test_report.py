@@ -25,3 +25,19 @@ def test_claims_table_refuses_an_unknown_verdict():
         claims_table([row[:4] + ("maybe",) + row[5:]])
     with pytest.raises(ValueError, match="each row must have 6 fields"):
         claims_table([row[:5]])
+
+
+def test_interval_text_and_glued_intervals(monkeypatch):
+    import myst_nb
+    import pandas as pd
+
+    from mempkg.report import glue_interval, glue_values, interval_text
+
+    assert interval_text((0.8312, np.float64(0.79), 0.87)) == "0.83 [0.79, 0.87]"
+    assert interval_text(pd.Series([1.0, 0.5, 2.0]), digits=1) == "1.0 [0.5, 2.0]"
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.update({name: value}))
+    glue_values(n=np.int64(3), label="rare")
+    glue_interval("auc", (np.float32(0.5), 0.25, 0.75))
+    assert glued == {"n": 3.0, "label": "rare", "auc": 0.5, "auc_lo": 0.25, "auc_hi": 0.75}
+    assert all(type(v) in (float, str) for v in glued.values())
