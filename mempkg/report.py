@@ -34,15 +34,22 @@ def glue_values(**values) -> None:
         glue(name, value if isinstance(value, str) else float(value), display=False)
 
 
+def _triple(triple) -> tuple[float, float, float]:
+    values = [float(v) for v in triple]
+    if len(values) != 3:
+        raise ValueError(f"triple must be (value, low, high), got {len(values)} values")
+    return values[0], values[1], values[2]
+
+
 def glue_interval(name: str, triple) -> None:
     """Glue a ``(value, low, high)`` triple (tuple or Series) as ``name``, ``name_lo``, ``name_hi``."""
-    value, low, high = (float(v) for v in triple)
+    value, low, high = _triple(triple)
     glue_values(**{name: value, f"{name}_lo": low, f"{name}_hi": high})
 
 
 def interval_text(triple, digits: int = 2) -> str:
     """``"value [low, high]"`` of a ``(value, low, high)`` triple, with ``digits`` decimals."""
-    value, low, high = (float(v) for v in triple)
+    value, low, high = _triple(triple)
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 

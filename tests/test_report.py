@@ -41,3 +41,12 @@ def test_interval_text_and_glued_intervals(monkeypatch):
     glue_interval("auc", (np.float32(0.5), 0.25, 0.75))
     assert glued == {"n": 3.0, "label": "rare", "auc": 0.5, "auc_lo": 0.25, "auc_hi": 0.75}
     assert all(type(v) in (float, str) for v in glued.values())
+
+
+def test_intervals_refuse_anything_but_a_triple():
+    from mempkg.report import glue_interval, interval_text
+
+    with pytest.raises(ValueError, match="triple must be"):
+        interval_text((0.5, 0.4))
+    with pytest.raises(ValueError, match="triple must be"):
+        glue_interval("auc", [0.5, 0.4, 0.6, 0.7])
