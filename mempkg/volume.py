@@ -29,12 +29,13 @@ flow map, which by the instantaneous change of variables equals
 (chapter 3). For a single training point and its exact score every method gives
 ``N/2 log(v(t) / v(t_start))`` (seed 000, Eq. 12).
 
-Accuracy. Near ``t_start`` the dynamics are stiff (rates ~ ``1/v(t)``). On seed 000's uniform grid
-of 1,000 Euler steps the single-point value is 1.7 % high per axis; on the default log-spaced grid
+Accuracy. Near ``t_start`` the dynamics are stiff (rates ~ ``1/v(t)``). On a uniform grid of
+1,000 Euler steps the single-point value is 1.7 % high per axis; on the default log-spaced grid
 0.13 % (200 log-spaced steps: about 0.7 %). ``grid="paper", n_steps=1000`` reproduces the paper's
-code: 1,000 Euler steps of exactly ``1e-3`` from ``t = 1e-3`` to ``t = 1.001`` (``"uniform"`` steps
-``0.999e-3`` and stops at 1; see :func:`mempkg.ode.time_grid`). For exact scores use float64 (offsets of ``sigma = 1e-4`` break in float32). Everything
-runs without autograd (forward-mode Jacobian-vector products do not need it).
+code: 1,000 Euler steps of exactly ``1e-3`` from ``t = 1e-3`` to ``t = 1.001`` (``"uniform"``
+steps ``0.999e-3`` and stops at 1; see :func:`mempkg.ode.time_grid`). For exact scores use
+float64 (offsets of ``sigma = 1e-4`` break in float32). Everything runs without autograd
+(forward-mode Jacobian-vector products do not need it).
 
 Each step's stretch is measured against the offsets as the points hold them, ``|x^(k)_t -
 x^(0)_t|`` (``"paper"``, as in Algorithm 1) or their parallelepiped (``"qr"``), not against the
