@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import run
 
@@ -34,6 +35,12 @@ def main(argv=None) -> int:
     sw.add_argument("--notebooks", default=str(run.NOTEBOOKS), help=argparse.SUPPRESS)
     tr = sub.add_parser("train", help="train a recipe's model into data/NAME.pt and record it in data/manifest.json")
     tr.add_argument("name", help="recipe name (see mempkg.checkpoints.RECIPES)")
+    tr.add_argument("--out", default=None, help="folder for NAME.pt and its manifest.json (default: the committed data/)")
+    tr.add_argument("--data-root", default=None, help="the local CIFAR-10 copy, for a cifar10_* recipe")
+    tr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                    help="replace a recipe setting: n_steps=1000, net.base=64, data.n=500; repeatable (needs --out)")
+    tr.add_argument("--cost", action="store_true", help="print the training's FLOP count and estimated A100 hours; train nothing")
     au = sub.add_parser("audit", help="score every training image of a model by every measure; CSV, Parquet, HTML")
     au.add_argument("--model", required=True, help="a recipe name, a TorchScript noise network, or a diffusers folder")
     au.add_argument("--train", required=True, help="a .npy/.pt tensor, an image folder, or cifar10:<root>")
@@ -78,8 +85,28 @@ def main(argv=None) -> int:
     if args.command == "train":
         from . import checkpoints
 
-        path = checkpoints.train_recipe(args.name)
-        entry = checkpoints.read_manifest()[args.name]
+        try:
+            settings = dict(checkpoints.parse_setting(text) for text in args.settings)
+            recipe = checkpoints.with_settings(checkpoints.RECIPES[args.name] if args.name in checkpoints.RECIPES
+                                               else checkpoints.recipe_of(args.name), settings)
+            if args.cost:
+                cost = checkpoints.training_cost(args.name, settings)
+                print(f"{args.name}: {cost['parameters']:,} parameters, {cost['forward_flops'] / 1e9:.2f} GFLOP per "
+                      f"example forward, {cost['total_flops'] / 1e15:,.1f} PFLOP in all; about "
+                      f"{checkpoints.gpu_hours(cost['total_flops']):.1f} h on one A100 at "
+                      f"{checkpoints.UTILISATION:.0%} of {checkpoints.A100_TF32_FLOPS / 1e12:.0f} TFLOP/s (an estimate)")
+                return 0
+            if settings and args.out is None:
+                raise ValueError("--set changes the recipe: give --out, a folder other than the committed data/")
+            if str(recipe.data.name if hasattr(recipe, "data") else "").startswith("cifar10") and args.data_root is None:
+                raise ValueError(f"{args.name} trains on CIFAR-10: give --data-root, the folder of your local copy")
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        out = checkpoints.DATA_DIR if args.out is None else args.out
+        path = checkpoints.train_recipe(args.name, out_dir=out, data_root=args.data_root, device=args.device,
+                                        settings=settings)
+        entry = checkpoints.read_manifest(Path(out) / "manifest.json")[args.name]
         print(f"{path}: sha256 {entry['sha256']}, {entry['training_seconds']} s")
         return 0
     parameters = {name: run.parse_value(value) for name, value in args.parameter}

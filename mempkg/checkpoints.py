@@ -11,6 +11,8 @@ of loading it. The data a recipe trains on are built by :mod:`mempkg.data`
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,7 +27,7 @@ import torch
 
 from . import data as data_module
 from .data import DataRecipe, Duplication
-from .nets import build_net
+from .nets import CIFAR10_UNET, build_net
 from .sampling import sample_ode
 from .score import NetworkScore
 from .sde import VPSDE
@@ -33,7 +35,8 @@ from .side import tdkd, train_classifier
 from .train import TrainConfig, train_score_model
 
 __all__ = ["Recipe", "ClassifierRecipe", "RECIPES", "load_classifier", "synthetic_set", "DATA_DIR", "MANIFEST", "ChecksumError", "sha256", "train_recipe", "load_model",
-           "read_manifest", "write_entry", "verified_state", "ARTIFACTS", "training_data", "training_labels", "held_out_data", "duplicated_indices"]
+           "read_manifest", "write_entry", "verified_state", "ARTIFACTS", "for_dataset", "recipe_of", "with_settings",
+           "parse_setting", "training_cost", "gpu_hours", "CIFAR10_COUNTERPARTS", "CIFAR_RETRIEVAL_SIZES", "DATASETS", "training_data", "training_labels", "held_out_data", "duplicated_indices"]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "manifest.json"
@@ -76,6 +79,16 @@ class Recipe:
         train = {k: getattr(self.train, k) for k in _TRAIN_KEYS if k in self.train_keys}
         return dict(description=self.description, data=self.data.to_dict(), net=dict(self.net), train=train,
                     init_seed=self.init_seed, threads=self.threads)
+
+    @classmethod
+    def from_dict(cls, name: str, entry: dict) -> "Recipe":
+        """The recipe a manifest entry's ``recipe`` records (the inverse of :meth:`to_dict`)."""
+        options = dict(entry["data"])
+        data_name, duplicate = options.pop("name"), options.pop("duplicate", None)
+        data = DataRecipe(data_name, options, None if duplicate is None else Duplication(**duplicate))
+        train = dict(entry["train"])
+        return cls(name, entry["description"], data, dict(entry["net"]), TrainConfig(**train),
+                   entry.get("init_seed", 0), entry.get("threads", 2), tuple(train))
 
 
 def _recipe(name, description, data, net, train_keys=None, init_seed=0, threads=2, **train):
@@ -153,6 +166,11 @@ class ClassifierRecipe:
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "name"}
 
+    @classmethod
+    def from_dict(cls, name: str, entry: dict) -> "ClassifierRecipe":
+        """The recipe a manifest entry's ``recipe`` records (the inverse of :meth:`to_dict`)."""
+        return cls(name, **entry)
+
 
 _SIDE_NET = dict(kind="resnet_classifier", data_shape=[1, 8, 8], n_classes=10, width=16, n_blocks=2, time_dim=32)
 
@@ -186,6 +204,190 @@ RECIPES.update({r.name: r for r in [
             DataRecipe("digits", dict(n=n, seed=0)), _DIGITS_MLP, n_steps=RETRIEVAL_STEPS, **_X0)
     for n in RETRIEVAL_SIZES
 ]})
+
+
+# --- CIFAR-10: the same experiments at 32x32 (trained on a GPU by the user) ------------------------
+
+#: The CIFAR-10 recipes' training settings: the digits recipes' objective (x0-prediction, min-SNR
+#: weight capped at 5) with DDPM's learning rate for its 36 M-parameter U-Net (Ho et al. 2020).
+_CIFAR_X0 = dict(batch_size=128, lr=2e-4, parameterization="x0", snr_cap=5.0, t_min=1e-3, seed=0)
+_CIFAR_SIDE_NET = dict(kind="resnet_classifier", data_shape=[3, 32, 32], n_classes=10, width=64, n_blocks=4,
+                       time_dim=64)
+#: Chapter 8's CIFAR-10 training-set sizes: Somepalli et al.'s 300 and 3,000, and 30,000 in place of
+#: "full" (20,000 images stay unseen for the held-out statistics).
+CIFAR_RETRIEVAL_SIZES = (300, 3000, 30000)
+
+RECIPES.update({r.name: r for r in [
+    _recipe("cifar10_64_x0",
+            "Chapter 4 on CIFAR-10 (seed 000, Section 5.1): 2^6 images and their horizontal flips, 300,000 "
+            "steps of batch 128 (the paper's 300,000 epochs: one batch is one epoch of 128 images).",
+            DataRecipe("cifar10", dict(n=64, seed=0, flip=True)), CIFAR10_UNET, n_steps=300_000, **_CIFAR_X0),
+    _recipe("cifar10_32_eps",
+            "The epsilon-prediction control of chapters 4-5 on CIFAR-10: 32 images and their flips.",
+            DataRecipe("cifar10", dict(n=32, seed=0, flip=True)), CIFAR10_UNET, n_steps=300_000,
+            **dict(_CIFAR_X0, parameterization="eps")),
+    _recipe("cifar10_1000_x0",
+            "Chapters 5, 11 and 13 on CIFAR-10: 1,000 images, 20 of which appear 10 times, stopped while "
+            "only part of the set is copied.",
+            DataRecipe("cifar10", dict(n=1000, seed=0), Duplication(n=20, times=10, seed=1)), CIFAR10_UNET,
+            n_steps=200_000, **_CIFAR_X0),
+    _recipe("cifar10_rare3_x0",
+            "Chapter 12 on CIFAR-10: 1,000 images of every class but 3 (cat), which has 5; class-conditional, "
+            "labels dropped with probability 0.1.",
+            DataRecipe("cifar10_with_rare_class", dict(rare=3, n_rare=5, n_per_class=1000, seed=0)),
+            dict(CIFAR10_UNET, n_classes=10), n_steps=300_000, **_CIFAR_X0, label_dropout=0.1),
+    _recipe("cifar10_1000_side",
+            "SIDE's target on CIFAR-10 (chapter 7): 1,000 distinct images, stopped early so that only a few "
+            "percent of its samples copy a training image.",
+            DataRecipe("cifar10", dict(n=1000, seed=0)), CIFAR10_UNET, n_steps=100_000, **_CIFAR_X0),
+    ClassifierRecipe("cifar10_1000_side_teacher",
+                     "The normal classifier of chapter 7 on CIFAR-10: a ResNet on the target's 1,000 training "
+                     "images and their classes.",
+                     target="cifar10_1000_side", kind="teacher", net=dict(_CIFAR_SIDE_NET, time_dependent=False),
+                     n_steps=10_000, batch_size=128, lr=1e-3, seed=0),
+    ClassifierRecipe("cifar10_1000_side_student",
+                     "SIDE's time-dependent classifier on CIFAR-10: TDKD from the teacher on 20,000 samples of "
+                     "the target.",
+                     target="cifar10_1000_side", kind="student", net=dict(_CIFAR_SIDE_NET, time_dependent=True),
+                     n_steps=20_000, batch_size=256, lr=1e-3, seed=0, teacher="cifar10_1000_side_teacher",
+                     n_synthetic=20_000, sample_steps=50),
+    *[_recipe(f"cifar10_{n}_x0",
+              f"Chapter 8's size sweep on CIFAR-10: {n:,} images, 200,000 steps (one recipe for every size).",
+              DataRecipe("cifar10", dict(n=n, seed=0)), CIFAR10_UNET, n_steps=200_000, **_CIFAR_X0)
+      for n in CIFAR_RETRIEVAL_SIZES],
+]})
+
+#: Each digits model's CIFAR-10 counterpart: the recipe a chapter loads when run with
+#: ``dataset="cifar10"`` (:func:`for_dataset`).
+CIFAR10_COUNTERPARTS = {
+    "digits64_x0": "cifar10_64_x0", "digits32_eps": "cifar10_32_eps", "digits1000_x0": "cifar10_1000_x0",
+    "digits_rare3_x0": "cifar10_rare3_x0", "digits1000_side": "cifar10_1000_side",
+    "digits1000_side_teacher": "cifar10_1000_side_teacher", "digits1000_side_student": "cifar10_1000_side_student",
+    **{f"digits{n}_x0": f"cifar10_{m}_x0" for n, m in zip(RETRIEVAL_SIZES, CIFAR_RETRIEVAL_SIZES)},
+}
+
+DATASETS = ("digits", "cifar10")
+
+
+def for_dataset(name: str, dataset: str = "digits") -> str:
+    """The recipe a chapter uses for model ``name`` when it runs on ``dataset``.
+
+    ``"digits"`` returns ``name``; ``"cifar10"`` returns its counterpart in
+    :data:`CIFAR10_COUNTERPARTS` (a name that already is a CIFAR-10 recipe is returned as it is).
+    """
+    _get(name)
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(map(repr, DATASETS))}, got {dataset!r}")
+    if dataset == "digits" or name.startswith("cifar10"):
+        return name
+    if name not in CIFAR10_COUNTERPARTS:
+        raise ValueError(f"model {name!r} has no CIFAR-10 counterpart; the recipes that have one: "
+                         f"{', '.join(CIFAR10_COUNTERPARTS)}")
+    return CIFAR10_COUNTERPARTS[name]
+
+
+def recipe_of(name: str, data_dir: Path | str | None = None):
+    """The recipe the checkpoint ``data_dir/NAME.pt`` was made with.
+
+    A folder other than the committed ``data/`` may hold a model trained with other settings
+    (``python -m mempkg train NAME --out DIR --set n_steps=...``); its ``manifest.json`` records the
+    recipe actually used, and that is what this returns. Without a manifest entry (or for ``data/``)
+    it is :data:`RECIPES` ``[name]``.
+    """
+    recipe = _get(name)
+    if data_dir is None or Path(data_dir).resolve() == DATA_DIR:
+        return recipe
+    entry = read_manifest(Path(data_dir) / "manifest.json").get(name)
+    if entry is None:
+        return recipe
+    return type(recipe).from_dict(name, entry["recipe"])
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` from the command line as ``(key, value)``; the value read as a Python literal."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"a setting must read KEY=VALUE (e.g. n_steps=1000 or net.base=64), got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
+def with_settings(recipe, settings: dict | None):
+    """A copy of ``recipe`` with some settings replaced: ``{"n_steps": 2, "net.base": 8, "data.n": 40}``.
+
+    Keys name a training setting (``n_steps``, ``batch_size``, ``lr``, ... of
+    :class:`~mempkg.train.TrainConfig`), a field of the recipe (``init_seed``, ``threads``; for a
+    classifier ``n_synthetic``, ``sample_steps``, ...), an entry of the network's configuration
+    (``net.KEY``) or an option of the data (``data.KEY``). An unknown key raises ``ValueError``
+    naming it, before anything is trained.
+    """
+    if not settings:
+        return recipe
+    fields = {f.name for f in dataclasses.fields(recipe)} - {"name", "train", "train_keys", "net", "data"}
+    changes, net, train = {}, dict(recipe.net), {}
+    options = dict(recipe.data.options) if isinstance(recipe, Recipe) else None
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in settings.items():
+        head, _, rest = key.partition(".")
+        if head == "net" and rest:
+            if rest not in net and rest not in {"n_classes", "channel_mult", "n_res_blocks", "attention", "dropout"}:
+                raise ValueError(f"setting {key!r}: the network configuration has no entry {rest!r} "
+                                 f"(it has {', '.join(sorted(net))})")
+            net[rest] = value
+        elif head == "data" and rest and options is not None:
+            options[rest] = value
+        elif isinstance(recipe, Recipe) and key in train_fields:
+            train[key] = value
+        elif key in fields:
+            changes[key] = value
+        else:
+            known = sorted(fields | ({"net.*", "data.*"} | train_fields if isinstance(recipe, Recipe) else {"net.*"}))
+            raise ValueError(f"setting {key!r} is not a setting of recipe {recipe.name!r}; known: {', '.join(known)}")
+    if isinstance(recipe, Recipe):
+        duplicate = recipe.data.duplicate
+        changes["data"] = DataRecipe(recipe.data.name, options, duplicate)
+        changes["train"] = dataclasses.replace(recipe.train, **train)
+        changes["train_keys"] = tuple(dict.fromkeys((*recipe.train_keys, *train)))
+    return dataclasses.replace(recipe, net=net, **changes)
+
+
+def training_cost(name: str, settings: dict | None = None) -> dict:
+    """Floating-point operations of training recipe ``name``, counted, not timed.
+
+    One forward pass of the network on one example is counted by ``torch.utils.flop_counter``; a
+    training step costs about three forward passes per example (the backward pass is about two).
+    Returns ``dict(parameters, forward_flops, step_flops, total_flops)``; :func:`gpu_hours` turns
+    the total into hours at a stated throughput. A TDKD student adds its synthetic set's sampling
+    (``n_synthetic`` samples, two score evaluations per Heun step).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    recipe = with_settings(_get(name), settings)
+    net = build_net(recipe.net).eval()
+    shape = tuple(recipe.net["data_shape"])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, *shape), torch.full((1,), 0.5))
+    forward = counter.get_total_flops()
+    batch = recipe.train.batch_size if isinstance(recipe, Recipe) else recipe.batch_size
+    steps = recipe.train.n_steps if isinstance(recipe, Recipe) else recipe.n_steps
+    total = 3 * forward * batch * steps
+    if isinstance(recipe, ClassifierRecipe) and recipe.kind == "student":
+        target = training_cost(recipe.target)
+        total += target["forward_flops"] * recipe.n_synthetic * 2 * recipe.sample_steps
+    return dict(parameters=sum(p.numel() for p in net.parameters()), forward_flops=forward,
+                step_flops=3 * forward * batch, total_flops=total)
+
+
+#: The throughput :func:`gpu_hours` assumes by default: 40 % of an NVIDIA A100's 156 TFLOP/s in TF32.
+A100_TF32_FLOPS = 156e12
+UTILISATION = 0.4
+
+
+def gpu_hours(total_flops: float, peak: float = A100_TF32_FLOPS, utilisation: float = UTILISATION) -> float:
+    """Hours for ``total_flops`` at ``utilisation`` of a ``peak`` FLOP/s: an estimate, not a measurement."""
+    return total_flops / (peak * utilisation) / 3600
 
 
 class ChecksumError(ValueError):
@@ -257,16 +459,27 @@ def write_entry(out_dir: Path, name: str, path: Path, recipe: dict, seconds: flo
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = True, update_manifest: bool = True) -> Path:
+def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = True, update_manifest: bool = True,
+                 data_root=None, device="cpu", settings: dict | None = None, source_dir: Path | str | None = None) -> Path:
     """Train the model of recipe ``name`` from scratch; write ``out_dir/NAME.pt`` (and the manifest).
 
     Training is seeded (network initialisation and every draw of the loop) and runs with the
     recipe's thread count, so it is reproducible on the same machine; across machines the
     floating-point order of operations may differ. Works for score models (:class:`Recipe`) and
-    classifiers (:class:`ClassifierRecipe`; a student needs its target and teacher in ``out_dir``
-    or in the committed ``data/``). Returns the checkpoint's path.
+    classifiers (:class:`ClassifierRecipe`; a student needs its target and teacher in ``out_dir``,
+    in ``source_dir`` or in the committed ``data/``). Returns the checkpoint's path.
+
+    Parameters
+    ----------
+    data_root : the local CIFAR-10 copy, for a CIFAR-10 recipe
+    device : where to train (``"cuda"`` for the CIFAR-10 recipes)
+    settings : dict, optional; replaces some of the recipe's settings (:func:`with_settings`); the
+        manifest records the recipe as trained, which :func:`recipe_of` reads back
     """
-    recipe = _get(name)
+    recipe = with_settings(_get(name), settings)
+    if Path(out_dir).resolve() == DATA_DIR and settings and update_manifest:
+        raise ValueError("settings change a recipe: write the model to another folder (out_dir), not the "
+                         "committed data/, whose manifest must match RECIPES")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -274,46 +487,69 @@ def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = Tru
     try:
         start = time.perf_counter()
         if isinstance(recipe, ClassifierRecipe):
-            net, extra = _train_classifier_recipe(recipe, out_dir, progress)
+            net, extra = _train_classifier_recipe(recipe, out_dir, progress, data_root, device, source_dir)
         else:
-            net, extra = _train_score_recipe(recipe, progress)
+            net, extra = _train_score_recipe(recipe, progress, data_root, device)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     path = out_dir / f"{name}.pt"
     torch.save({"config": net.config, "state_dict": net.state_dict(), **extra}, path)
     if update_manifest:
-        write_entry(out_dir, name, path, recipe.to_dict(), seconds, sum(p.numel() for p in net.parameters()))
+        command = f"python -m mempkg train {name}"
+        if out_dir.resolve() != DATA_DIR:
+            command += f" --out {out_dir}" + (f" --data-root {data_root}" if data_root else "")
+            command += f" --device {device}" if str(device) != "cpu" else ""
+            command += "".join(f" --set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                               for k, v in (settings or {}).items())
+        write_entry(out_dir, name, path, recipe.to_dict(), seconds, sum(p.numel() for p in net.parameters()),
+                    command=command, device=str(device))
     return path
 
 
-def _train_score_recipe(recipe: Recipe, progress: bool):
+def _train_score_recipe(recipe: Recipe, progress: bool, data_root=None, device="cpu"):
     torch.manual_seed(recipe.init_seed)
-    net = build_net(recipe.net)
-    train_data = data_module.training_set(recipe.data)
-    labels = data_module.training_labels(recipe.data) if recipe.net.get("n_classes") else None
+    net = build_net(recipe.net).to(device)
+    train_data = data_module.training_set(recipe.data, data_root=data_root).to(device)
+    labels = data_module.training_labels(recipe.data, data_root=data_root) if recipe.net.get("n_classes") else None
     with tempfile.TemporaryDirectory() as tmp:
         train_score_model(net, train_data, VPSDE(), recipe.train, checkpoint=Path(tmp) / "resume.ckpt",
                           progress=progress, labels=labels)
-    return net, {"parameterization": recipe.train.parameterization}
+    return net.cpu(), {"parameterization": recipe.train.parameterization}
 
 
-def _train_classifier_recipe(recipe: ClassifierRecipe, out_dir: Path, progress: bool):
+def _where(name: str, *folders) -> Path:
+    """The first folder holding ``NAME.pt`` (the committed ``data/`` last)."""
+    for folder in folders:
+        if folder is not None and (Path(folder) / f"{name}.pt").exists():
+            return Path(folder)
+    return DATA_DIR
+
+
+def _train_classifier_recipe(recipe: ClassifierRecipe, out_dir: Path, progress: bool, data_root=None, device="cpu",
+                             source_dir=None):
     torch.manual_seed(recipe.seed)
-    net = build_net(recipe.net)
-    spec = _get(recipe.target).data
+    net = build_net(recipe.net).to(device)
+    target_dir = _where(recipe.target, out_dir, source_dir)
+    spec = recipe_of(recipe.target, target_dir).data
     if recipe.kind == "teacher":
-        x = data_module.training_set(spec, distinct=True)
-        train_classifier(net, x, data_module.training_labels(spec), n_steps=recipe.n_steps,
-                         batch_size=recipe.batch_size, lr=recipe.lr, seed=recipe.seed, progress=progress)
-        return net, {}
-    where = out_dir if (out_dir / f"{recipe.teacher}.pt").exists() else DATA_DIR
-    teacher = load_classifier(recipe.teacher, data_dir=where)
-    target_dir = out_dir if (out_dir / f"{recipe.target}.pt").exists() else DATA_DIR
-    synthetic = synthetic_set(recipe.name, retrain=True, data_dir=target_dir)
+        x = data_module.training_set(spec, distinct=True, data_root=data_root).to(device)
+        labels = data_module.training_labels(spec, data_root=data_root).to(device)
+        train_classifier(net, x, labels, n_steps=recipe.n_steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                         seed=recipe.seed, progress=progress)
+        return net.cpu(), {}
+    teacher = load_classifier(recipe.teacher, data_dir=_where(recipe.teacher, out_dir, source_dir), device=device)
+    synthetic = _draw_synthetic(recipe, target_dir, device)
     tdkd(net, teacher, synthetic, VPSDE(), n_steps=recipe.n_steps, batch_size=recipe.batch_size, lr=recipe.lr,
          seed=recipe.seed, progress=progress)
-    return net, {"synthetic": synthetic}
+    return net.cpu(), {"synthetic": synthetic.cpu()}
+
+
+def _draw_synthetic(recipe: ClassifierRecipe, target_dir, device) -> torch.Tensor:
+    """A student's synthetic set: ``n_synthetic`` samples of its target by the recipe's sampler and seed."""
+    score = load_model(recipe.target, data_dir=target_dir, device=device)
+    return sample_ode(score, (recipe.n_synthetic, *score.data_shape), VPSDE(), n_steps=recipe.sample_steps,
+                      generator=torch.Generator().manual_seed(recipe.seed), device=device)
 
 
 def verified_state(name: str, data_dir: Path | str = DATA_DIR, device="cpu"):
@@ -336,10 +572,11 @@ def verified_state(name: str, data_dir: Path | str = DATA_DIR, device="cpu"):
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def _state(name: str, retrain: bool, device, data_dir):
+def _state(name: str, retrain: bool, device, data_dir, data_root=None):
     if retrain:
         with tempfile.TemporaryDirectory() as tmp:
-            path = train_recipe(name, out_dir=tmp, update_manifest=False)
+            path = train_recipe(name, out_dir=tmp, update_manifest=False, data_root=data_root, device=device,
+                                source_dir=data_dir)
             return torch.load(path, map_location=device, weights_only=True)
     return verified_state(name, Path(data_dir), device)
 
@@ -351,7 +588,8 @@ def _network(state, device):
     return net
 
 
-def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR) -> NetworkScore:
+def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | str | None = None,
+               data_root=None) -> NetworkScore:
     """The trained model of recipe ``name`` as a :class:`~mempkg.score.NetworkScore` (VP-SDE).
 
     Parameters
@@ -360,7 +598,9 @@ def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | 
     retrain : bool
         Train the model from its recipe (minutes) instead of loading the committed checkpoint.
     device : where to put the network
-    data_dir : folder of the checkpoints and ``manifest.json``
+    data_dir : folder of the checkpoints and ``manifest.json`` (default: the committed ``data/``;
+        the CIFAR-10 models live wherever ``python -m mempkg train NAME --out DIR`` wrote them)
+    data_root : the local CIFAR-10 copy, needed to retrain a CIFAR-10 recipe
 
     Raises
     ------
@@ -369,11 +609,12 @@ def load_model(name: str, retrain: bool = False, device="cpu", data_dir: Path | 
     """
     if not isinstance(_get(name), Recipe):
         raise ValueError(f"name must name a score model; {name!r} is a classifier (use load_classifier)")
-    state = _state(name, retrain, device, data_dir)
+    state = _state(name, retrain, device, DATA_DIR if data_dir is None else data_dir, data_root)
     return NetworkScore(_network(state, device), VPSDE(), state["parameterization"])
 
 
-def load_classifier(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR):
+def load_classifier(name: str, retrain: bool = False, device="cpu", data_dir: Path | str | None = None,
+                    data_root=None):
     """The trained classifier of recipe ``name`` (a :class:`ClassifierRecipe`), in eval mode.
 
     Verified against the manifest like :func:`load_model`; ``retrain=True`` trains it (and, for a
@@ -381,10 +622,10 @@ def load_classifier(name: str, retrain: bool = False, device="cpu", data_dir: Pa
     """
     if not isinstance(_get(name), ClassifierRecipe):
         raise ValueError(f"name must name a classifier; {name!r} is a score model (use load_model)")
-    return _network(_state(name, retrain, device, data_dir), device)
+    return _network(_state(name, retrain, device, DATA_DIR if data_dir is None else data_dir, data_root), device)
 
 
-def synthetic_set(name: str, retrain: bool = False, device="cpu", data_dir: Path | str = DATA_DIR) -> torch.Tensor:
+def synthetic_set(name: str, retrain: bool = False, device="cpu", data_dir: Path | str | None = None) -> torch.Tensor:
     """The synthetic set a TDKD student was distilled on (Eq. 153): samples of its target model.
 
     Read from the student's checkpoint (sha256-verified); with ``retrain=True`` drawn again from
@@ -393,8 +634,7 @@ def synthetic_set(name: str, retrain: bool = False, device="cpu", data_dir: Path
     recipe = _get(name)
     if not isinstance(recipe, ClassifierRecipe) or recipe.kind != "student":
         raise ValueError(f"name must name a TDKD student recipe, got {name!r}")
+    data_dir = DATA_DIR if data_dir is None else Path(data_dir)
     if not retrain:
-        return verified_state(name, Path(data_dir), device)["synthetic"]
-    score = load_model(recipe.target, data_dir=data_dir, device=device)
-    return sample_ode(score, (recipe.n_synthetic, *score.data_shape), VPSDE(), n_steps=recipe.sample_steps,
-                      generator=torch.Generator().manual_seed(recipe.seed), device=device)
+        return verified_state(name, data_dir, device)["synthetic"]
+    return _draw_synthetic(recipe_of(name, data_dir), data_dir, device)

@@ -33,6 +33,8 @@ __all__ = [
     "subspace_gaussian",
     "von_mises_mixture",
     "digits_with_rare_class",
+    "cifar10_with_rare_class",
+    "with_rare_class",
     "Duplication",
     "DataRecipe",
     "training_set",
@@ -41,7 +43,7 @@ __all__ = [
     "duplicated_indices",
 ]
 
-LOADERS = ("digits", "cifar10", "von_mises_mixture", "digits_with_rare_class")
+LOADERS = ("digits", "cifar10", "von_mises_mixture", "digits_with_rare_class", "cifar10_with_rare_class")
 
 
 def _subset(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -179,8 +181,9 @@ def cifar10(
 
 
 def load(name: str, n: int | None = None, data_root=None, **kwargs):
-    """Load a data set by name: ``"digits"``, ``"cifar10"`` (which needs ``data_root``) or
-    ``"von_mises_mixture"`` (generated; needs ``n``).
+    """Load a data set by name: ``"digits"``, ``"cifar10"`` (which needs ``data_root``),
+    ``"von_mises_mixture"`` (generated; needs ``n``), ``"digits_with_rare_class"`` or
+    ``"cifar10_with_rare_class"`` (needs ``data_root``).
 
     This is the switch chapters use for their ``dataset`` parameter and recipes for their data;
     keyword arguments go to :func:`digits`, :func:`cifar10` or :func:`von_mises_mixture`.
@@ -193,6 +196,8 @@ def load(name: str, n: int | None = None, data_root=None, **kwargs):
         return von_mises_mixture(n, **kwargs)
     if name == "digits_with_rare_class":
         return digits_with_rare_class(**kwargs)
+    if name == "cifar10_with_rare_class":
+        return cifar10_with_rare_class(data_root, **kwargs)
     raise ValueError(f"dataset must be one of {', '.join(map(repr, LOADERS))}, got {name!r}")
 
 
@@ -282,19 +287,22 @@ def von_mises_mixture(n: int, kappa: float = 2.0, mu: float = 0.0, origin_weight
     return (x, labels) if return_labels else x
 
 
-def digits_with_rare_class(rare: int = 3, n_rare: int = 5, n_per_class: int = 100, seed: int = 0,
-                           dtype=torch.float32, return_labels: bool = False):
-    """Digits with one rare class: ``n_per_class`` images of every class but ``rare``, which has ``n_rare``.
+def with_rare_class(source: str = "digits", rare: int = 3, n_rare: int = 5, n_per_class: int = 100, seed: int = 0,
+                    data_root=None, dtype=torch.float32, return_labels: bool = False):
+    """A data set with one rare class: ``n_per_class`` images of every class but ``rare``, which has ``n_rare``.
 
     The training set of chapter 12's class-conditional model: conditioning on the rare class leaves
     the model a handful of images to learn from (seed 004, Section 3: specific conditions drive
-    memorization). Images are chosen with ``seed``; the classes appear in order 0..9.
+    memorization). ``source`` is ``"digits"`` or ``"cifar10"`` (read from ``data_root``); images are
+    chosen with ``seed``; the classes appear in order 0..9.
     """
     n_rare = check_positive_int(n_rare, "n_rare")
     n_per_class = check_positive_int(n_per_class, "n_per_class")
     if rare not in range(10):
-        raise ValueError(f"rare must be a digit class 0..9, got {rare!r}")
-    images, labels = digits(dtype=dtype, return_labels=True)
+        raise ValueError(f"rare must be a class 0..9, got {rare!r}")
+    if source not in ("digits", "cifar10"):
+        raise ValueError(f"source must be 'digits' or 'cifar10', got {source!r}")
+    images, labels = load(source, data_root=data_root, dtype=dtype, return_labels=True)
     rng = np.random.default_rng(seed)
     keep = []
     for c in range(10):
@@ -305,6 +313,18 @@ def digits_with_rare_class(rare: int = 3, n_rare: int = 5, n_per_class: int = 10
         keep.append(np.sort(rng.choice(idx, size=m, replace=False)))
     keep = torch.as_tensor(np.concatenate(keep))
     return (images[keep], labels[keep]) if return_labels else images[keep]
+
+
+def digits_with_rare_class(rare: int = 3, n_rare: int = 5, n_per_class: int = 100, seed: int = 0,
+                           dtype=torch.float32, return_labels: bool = False):
+    """:func:`with_rare_class` of the digits (chapter 12's training set)."""
+    return with_rare_class("digits", rare, n_rare, n_per_class, seed, dtype=dtype, return_labels=return_labels)
+
+
+def cifar10_with_rare_class(data_root=None, rare: int = 3, n_rare: int = 5, n_per_class: int = 1000, seed: int = 0,
+                            dtype=torch.float32, return_labels: bool = False):
+    """:func:`with_rare_class` of CIFAR-10's training images (class 3 is "cat")."""
+    return with_rare_class("cifar10", rare, n_rare, n_per_class, seed, data_root, dtype, return_labels)
 
 
 # --- the data of a trained model ------------------------------------------------------------------
@@ -359,9 +379,9 @@ class DataRecipe:
         return out
 
 
-def _distinct(spec: DataRecipe, dtype=torch.float32, return_labels: bool = False):
+def _distinct(spec: DataRecipe, dtype=torch.float32, return_labels: bool = False, data_root=None):
     """The recipe's data set before any duplication (with its flips, when the recipe flips)."""
-    return load(spec.name, dtype=dtype, return_labels=return_labels, **spec.options)
+    return load(spec.name, data_root=data_root, dtype=dtype, return_labels=return_labels, **spec.options)
 
 
 def duplicated_indices(spec: DataRecipe) -> torch.Tensor:
@@ -372,41 +392,47 @@ def duplicated_indices(spec: DataRecipe) -> torch.Tensor:
     return torch.randperm(spec.options["n"], generator=g)[: spec.duplicate.n].sort().values
 
 
-def training_set(spec: DataRecipe, dtype=torch.float32, distinct: bool = False) -> torch.Tensor:
+def training_set(spec: DataRecipe, dtype=torch.float32, distinct: bool = False, data_root=None) -> torch.Tensor:
     """The training set of a recipe, exactly as the model saw it.
 
     With a :class:`Duplication` ``{n, times, seed}``, ``n`` images chosen with ``seed`` appear
     ``times`` times in all, the extra copies appended after the distinct images. ``distinct=True``
     returns the distinct images only (what memorization is measured against);
-    :func:`duplicated_indices` says which of them were duplicated.
+    :func:`duplicated_indices` says which of them were duplicated. ``data_root`` is the local
+    CIFAR-10 copy of a CIFAR-10 recipe (ignored by the embedded and generated data sets).
     """
-    images = _distinct(spec, dtype)
+    images = _distinct(spec, dtype, data_root=data_root)
     if spec.duplicate is None or distinct:
         return images
     extra = images[duplicated_indices(spec)].repeat(spec.duplicate.times - 1, *([1] * (images.ndim - 1)))
     return torch.cat([images, extra])
 
 
-def training_labels(spec: DataRecipe) -> torch.Tensor:
+def training_labels(spec: DataRecipe, data_root=None) -> torch.Tensor:
     """Class labels of the recipe's distinct training images (same order as :func:`training_set`)."""
-    return _distinct(spec, return_labels=True)[1]
+    return _distinct(spec, return_labels=True, data_root=data_root)[1]
 
 
 def held_out(spec: DataRecipe, n: int | None = None, seed: int = 0, dtype=torch.float32,
-             return_labels: bool = False):
+             return_labels: bool = False, data_root=None):
     """Images of the recipe's data set that the model never saw, prepared like its training set.
 
     Draws ``n`` (all when None) of the data set's images that are not among the training images,
     with ``seed``; when the recipe flips its training images, the flips of the held-out images are
     appended too, so both sets have the same mix of originals and mirror images. With
-    ``return_labels`` also their class labels.
+    ``return_labels`` also their class labels. An image counts as seen when its pixels equal a
+    training image's exactly (rows compared by their bytes, so CIFAR-10's 50,000 cost no more
+    than a pass over them).
     """
-    source, source_labels = load(spec.name, dtype=dtype, return_labels=True)
-    train = training_set(spec, dtype=dtype, distinct=True)
+    source_name = "cifar10" if spec.name == "cifar10_with_rare_class" else spec.name
+    source_name = "digits" if source_name == "digits_with_rare_class" else source_name
+    source, source_labels = load(source_name, data_root=data_root, dtype=dtype, return_labels=True)
+    train = training_set(spec, dtype=dtype, distinct=True, data_root=data_root)
     flip = spec.options.get("flip", False)
     if flip:
         train = train[: len(train) // 2]
-    seen = (source.flatten(1)[:, None, :] == train.flatten(1)[None, :, :]).all(2).any(1)
+    known = {row.tobytes() for row in train.flatten(1).numpy()}
+    seen = torch.tensor([row.tobytes() in known for row in source.flatten(1).numpy()], dtype=torch.bool)
     pool = source[~seen]
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
     if n is not None:

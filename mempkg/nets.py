@@ -10,10 +10,10 @@ predicted clean image ``x0``, depending on how :class:`mempkg.score.NetworkScore
 * :class:`ResNetClassifier` -- a small ResNet image classifier, time-independent (the "normal"
   classifier of seed 002) or time-dependent with a time module right after the first batch
   normalisation of every residual block (seed 002, App. C, Fig. 6), for SIDE.
-* :class:`UNet` -- a two-level U-Net with GroupNorm and time-conditioned residual blocks, for
-  8x8 and 32x32 images. No chapter trains it at its defaults (at 8x8 the MLP is as good and ~10x
-  faster on a CPU); it stays for the CIFAR-10 runs the chapters accept through their ``dataset``
-  parameter, where a convolutional network is needed (on a GPU). The tests train it briefly.
+* :class:`UNet` -- a U-Net with GroupNorm, time-conditioned residual blocks and self-attention,
+  for 8x8 and 32x32 images. No chapter trains it at its defaults (at 8x8 the MLP is as good and
+  ~10x faster on a CPU); :data:`CIFAR10_UNET` is the network of the CIFAR-10 recipes that the
+  chapters load when run with ``dataset="cifar10"`` (trained on a GPU). The tests train it briefly.
 
 References: Ho et al. (2020) for the architecture family; Song et al. (2021).
 """
@@ -26,7 +26,7 @@ from torch import nn
 
 from ._checks import check_positive_int
 
-__all__ = ["MLPScoreNet", "UNet", "ResNetClassifier", "time_embedding", "build_net"]
+__all__ = ["MLPScoreNet", "UNet", "ResNetClassifier", "time_embedding", "build_net", "CIFAR10_UNET"]
 
 
 def time_embedding(t, dim: int, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -93,69 +93,159 @@ class MLPScoreNet(nn.Module):
 
 
 class _ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, temb: int, groups: int):
+    def __init__(self, c_in: int, c_out: int, temb: int, groups: int, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.temb = nn.Linear(temb, c_out)
         self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
+        self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, temb):
         h = self.conv1(torch.nn.functional.silu(self.norm1(x)))
         h = h + self.temb(temb)[:, :, None, None]
-        h = self.conv2(torch.nn.functional.silu(self.norm2(h)))
+        h = self.conv2(self.dropout(torch.nn.functional.silu(self.norm2(h))))
         return h + self.skip(x)
 
 
+class _Attention(nn.Module):
+    """Single-head self-attention over the pixels of a feature map, with a residual connection."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x, temb=None):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
 class UNet(nn.Module):
-    """A small two-level U-Net for square images whose side is divisible by 4 (8x8, 32x32).
+    """A U-Net with GroupNorm, time-conditioned residual blocks and optional self-attention.
+
+    The architecture family of Ho et al. (2020), which Song et al. (2021) train on CIFAR-10 as
+    their DDPM baseline: at every level ``n_res_blocks`` residual blocks, a strided convolution down,
+    and on the way up ``n_res_blocks + 1`` blocks that each take one skip connection. The defaults
+    (two levels, one block each, no attention) are a small net for 8x8 digits and the tests;
+    :data:`CIFAR10_UNET` is the 32x32 configuration of the seeds (about 36 M parameters).
 
     Parameters
     ----------
-    data_shape : ``(channels, height, width)``
-    base : int, channels at full resolution (doubled at each level)
+    data_shape : ``(channels, height, width)``, sides divisible by ``2 ** (len(channel_mult) - 1)``
+    base : int, channels at full resolution
     time_dim : int, size of the sinusoidal embedding
     groups : int, GroupNorm groups
+    channel_mult : sequence of int, channels of each level as multiples of ``base``
+    n_res_blocks : int, residual blocks per level on the way down
+    attention : sequence of int, the resolutions (sides in pixels) at which self-attention follows
+        each residual block (``[16]`` in DDPM's CIFAR-10 net)
+    dropout : float in [0, 1), inside every residual block
+    n_classes : int, optional; as in :class:`MLPScoreNet` (``forward(x, t, y)``, null class ``n_classes``)
     """
 
-    def __init__(self, data_shape, base: int = 32, time_dim: int = 64, groups: int = 8):
+    def __init__(self, data_shape, base: int = 32, time_dim: int = 64, groups: int = 8, channel_mult=(1, 2),
+                 n_res_blocks: int = 1, attention=(), dropout: float = 0.0, n_classes: int | None = None):
         super().__init__()
-        if len(data_shape) != 3 or data_shape[1] % 4 or data_shape[2] % 4:
-            raise ValueError(f"data_shape must be (channels, height, width) with sides divisible by 4, got {tuple(data_shape)}")
+        channel_mult = [check_positive_int(m, "channel_mult") for m in channel_mult]
+        if not channel_mult:
+            raise ValueError("channel_mult must name at least one level, got []")
+        factor = 2 ** (len(channel_mult) - 1)
+        if len(data_shape) != 3 or data_shape[1] % factor or data_shape[2] % factor:
+            raise ValueError(f"data_shape must be (channels, height, width) with sides divisible by {factor} "
+                             f"(2 ** (levels - 1)), got {tuple(data_shape)}")
         base = check_positive_int(base, "base")
         groups = check_positive_int(groups, "groups")
-        if base % min(groups, base):
-            raise ValueError(f"base must be divisible by groups = {groups} (GroupNorm), got {base}")
+        for m in channel_mult:
+            if (base * m) % min(groups, base * m):
+                raise ValueError(f"base must be divisible by groups = {groups} at every level (GroupNorm): "
+                                 f"base * channel_mult = {base * m}")
         if check_positive_int(time_dim, "time_dim") % 2:
             raise ValueError(f"time_dim must be even (sine and cosine halves), got {time_dim}")
+        n_res_blocks = check_positive_int(n_res_blocks, "n_res_blocks")
+        attention = [int(r) for r in attention]
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.data_shape = tuple(data_shape)
-        self.config = dict(kind="unet", data_shape=list(self.data_shape), base=base, time_dim=time_dim, groups=groups)
-        c = data_shape[0]
-        self.time_dim = time_dim
+        self.config = dict(kind="unet", data_shape=list(self.data_shape), base=base, time_dim=time_dim, groups=groups,
+                           channel_mult=channel_mult, n_res_blocks=n_res_blocks, attention=attention,
+                           dropout=float(dropout))
+        self.n_classes = n_classes
         temb = 4 * base
+        if n_classes is not None:
+            self.config["n_classes"] = check_positive_int(n_classes, "n_classes")
+            self.class_embed = nn.Embedding(n_classes + 1, temb)
+        self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, temb), nn.SiLU(), nn.Linear(temb, temb))
-        self.conv_in = nn.Conv2d(c, base, 3, padding=1)
-        self.down1 = _ResBlock(base, base, temb, groups)
-        self.pool1 = nn.Conv2d(base, base, 3, stride=2, padding=1)
-        self.down2 = _ResBlock(base, 2 * base, temb, groups)
-        self.pool2 = nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1)
-        self.mid = _ResBlock(2 * base, 2 * base, temb, groups)
-        self.up2 = nn.ConvTranspose2d(2 * base, 2 * base, 4, stride=2, padding=1)
-        self.dec2 = _ResBlock(4 * base, 2 * base, temb, groups)
-        self.up1 = nn.ConvTranspose2d(2 * base, base, 4, stride=2, padding=1)
-        self.dec1 = _ResBlock(2 * base, base, temb, groups)
-        self.conv_out = nn.Sequential(nn.GroupNorm(min(groups, base), base), nn.SiLU(), nn.Conv2d(base, c, 3, padding=1))
+        self.conv_in = nn.Conv2d(data_shape[0], base, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        def block(c_in, c_out, side):
+            layers = [_ResBlock(c_in, c_out, temb, groups, dropout)]
+            if side in attention:
+                layers.append(_Attention(c_out, groups))
+            return nn.ModuleList(layers)
+
+        side, ch = data_shape[1], base
+        skips = [ch]
+        self.down = nn.ModuleList()
+        for level, m in enumerate(channel_mult):
+            for _ in range(n_res_blocks):
+                self.down.append(block(ch, base * m, side))
+                ch = base * m
+                skips.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                side //= 2
+                skips.append(ch)
+        self.mid = nn.ModuleList([_ResBlock(ch, ch, temb, groups, dropout), _Attention(ch, groups),
+                                  _ResBlock(ch, ch, temb, groups, dropout)])
+        self.up = nn.ModuleList()
+        for level, m in reversed(list(enumerate(channel_mult))):
+            for _ in range(n_res_blocks + 1):
+                self.up.append(block(ch + skips.pop(), base * m, side))
+                ch = base * m
+            if level > 0:
+                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
+                                              nn.Conv2d(ch, ch, 3, padding=1)]))
+                side *= 2
+        self.conv_out = nn.Sequential(nn.GroupNorm(min(groups, ch), ch), nn.SiLU(), nn.Conv2d(ch, data_shape[0], 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         temb = self.time_mlp(time_embedding(t, self.time_dim, x.shape[0], x.device, x.dtype))
-        h1 = self.down1(self.conv_in(x), temb)              # full resolution
-        h2 = self.down2(self.pool1(h1), temb)               # 1/2
-        h = self.mid(self.pool2(h2), temb)                  # 1/4
-        h = self.dec2(torch.cat([self.up2(h), h2], 1), temb)
-        h = self.dec1(torch.cat([self.up1(h), h1], 1), temb)
+        if self.n_classes is not None:
+            y = torch.as_tensor(self.n_classes if y is None else y, dtype=torch.long, device=x.device)
+            temb = temb + self.class_embed(y.expand(x.shape[0]) if y.ndim == 0 else y)
+        elif y is not None:
+            raise ValueError("y (a class label) was given to an unconditional network (n_classes=None)")
+        h = self.conv_in(x)
+        hs = [h]
+        for layers in self.down:
+            h = _apply(layers, h, temb)
+            hs.append(h)
+        h = _apply(self.mid, h, temb)
+        for layers in self.up:
+            if isinstance(layers[0], _ResBlock):
+                h = torch.cat([h, hs.pop()], 1)
+            h = _apply(layers, h, temb)
         return self.conv_out(h)
+
+
+def _apply(layers, h, temb):
+    for layer in layers:
+        h = layer(h, temb) if isinstance(layer, (_ResBlock, _Attention)) else layer(h)
+    return h
+
+
+#: The 32x32 U-Net of the seeds' CIFAR-10 models: DDPM's configuration (Ho et al. 2020, App. B),
+#: which seed 000 trains through Song et al. (2021)'s code: 128 channels, levels at 32, 16, 8, 4
+#: pixels with multipliers 1, 2, 2, 2, two residual blocks per level, attention at 16x16, dropout 0.1.
+CIFAR10_UNET = dict(kind="unet", data_shape=[3, 32, 32], base=128, time_dim=128, groups=32, channel_mult=[1, 2, 2, 2],
+                    n_res_blocks=2, attention=[16], dropout=0.1)
 
 
 class _ClassifierBlock(nn.Module):
