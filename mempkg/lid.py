@@ -26,6 +26,7 @@ import math
 import torch
 
 from ._checks import check_choice, check_positive_int, check_time, no_other_kwargs, renamed_argument
+from ._random import randint, randn
 from .metrics import nearest_neighbors
 from .score import score_jvp
 from .sde import VPSDE
@@ -40,7 +41,7 @@ NOISE_FLOOR_MARGIN = 0.8
 
 
 def _rademacher(shape, generator, dtype, device):
-    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+    return randint(0, 2, shape, generator, device).to(dtype) * 2 - 1
 
 
 @torch.no_grad()
@@ -318,7 +319,7 @@ def normal_bundle(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.1, n_samples
     sigma = sde.sigma(t0)
     lids, svs = [], []
     for i in range(b):
-        noise = torch.randn(k, *x.shape[1:], generator=generator, dtype=x.dtype, device=x.device)
+        noise = randn((k, *x.shape[1:]), generator, x.dtype, x.device)
         xt = sde.alpha(t0) * x[i:i + 1] + sigma * noise
         s = score(xt, t0).reshape(k, d)
         if center:

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ._checks import as_time_tensor, check_positive_int, check_time, legacy_sde_second, no_other_kwargs, renamed_argument
+from ._random import randn
 from .ode import Trajectory, check_finite, integrate, sde_step, time_grid
 from .sde import VPSDE
 
@@ -69,7 +70,7 @@ def simulate_forward_sde(
     x = x0
     states = [x] if return_trajectory else None
     for k in range(n_steps):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = randn(x.shape, generator, x.dtype, x.device)
         x = sde_step(None, x, sde, taus[k], taus[k + 1], noise)
         if return_trajectory:
             states.append(x)
@@ -186,7 +187,7 @@ def sample_sde(score, shape, sde: VPSDE, n_steps: int = 500, grid: str = "unifor
     x, t_end = _prior_start(sde, shape, **start)
     taus = time_grid(1.0, t_end, n_steps, grid).tolist()
     for k in tqdm(range(n_steps), disable=not progress, desc="reverse SDE", leave=False):
-        noise_k = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise_k = randn(x.shape, generator, x.dtype, x.device)
         x = sde_step(score, x, sde, taus[k], taus[k + 1], noise_k)
         check_finite(x, k + 1, taus[k + 1], "reverse-SDE")
     return denoise(score, x, sde, t_end) if final_denoise else x

@@ -36,6 +36,7 @@ import warnings
 import torch
 
 from ._checks import as_time_tensor, check_choice, check_positive_int, check_time
+from ._random import randint, randn
 from .sde import VPSDE
 
 __all__ = ["EmpiricalScore", "GaussianScore", "MixtureScore", "SphereScore", "NetworkScore", "GuidedScore",
@@ -264,7 +265,7 @@ class EmpiricalScore(_ExactScore):
     def sample(self, n: int, t, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` points from ``p_t``: a uniformly chosen training point, noised to time t."""
         n = check_positive_int(n, "n")
-        idx = torch.randint(self.n, (n,), generator=generator, device=self.train.device)
+        idx = randint(0, self.n, (n,), generator, self.train.device)
         return self.sde.perturb(self.train[idx], t, generator=generator)
 
 
@@ -386,7 +387,7 @@ class GaussianScore(_ExactScore):
         n = check_positive_int(n, "n")
         check_time(t, allow_zero=True)
         t = float(t)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device)
+        eps = randn((n, self.dim), generator, dtype, device)
         mu, lam, U = self._params(eps)
         s = self.sde.alpha(t) ** 2 * lam + self.sde.v(t)
         return (self.sde.alpha(t) * mu + (eps * torch.sqrt(s)) @ U.T).reshape(n, *self.data_shape)
@@ -536,7 +537,7 @@ class SphereScore(_ExactScore):
         """``n`` points of the marginal at time ``t`` (``t = 0``: uniform on the sphere)."""
         n = check_positive_int(n, "n")
         check_time(t, allow_zero=True)
-        g = torch.randn(n, self.k + 1, generator=generator, dtype=dtype, device=device)
+        g = randn((n, self.k + 1), generator, dtype, device)
         on = torch.zeros(n, self.dim, dtype=dtype, device=device)
         on[:, : self.k + 1] = self.radius * g / g.norm(dim=1, keepdim=True)
         t = float(t)

@@ -25,6 +25,7 @@ from numbers import Real
 import torch
 
 from ._checks import as_time_tensor, check_time
+from ._random import randn
 
 __all__ = ["VPSDE"]
 
@@ -145,7 +146,7 @@ class VPSDE:
         """
         tt = as_time_tensor(t, x0)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            noise = randn(x0.shape, generator, x0.dtype, x0.device)
         elif noise.shape != x0.shape:
             raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
         return self.alpha(tt) * x0 + self.sigma(tt) * noise
@@ -156,7 +157,7 @@ class VPSDE:
         With the default schedule ``alpha(1) = 6.6e-3`` and ``v(1) = 0.99996``, so the prior
         differs from the true marginal at t = 1 by well under one percent.
         """
-        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return randn(shape, generator, dtype, device)
 
     @staticmethod
     def prior_log_prob(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ._checks import check_choice, check_positive, check_positive_int, no_other_kwargs, renamed_argument
+from ._random import rand, randn
 from .score import PARAMETERIZATIONS
 from .sde import VPSDE
 
@@ -91,8 +92,8 @@ def dsm_loss(net, x0: torch.Tensor, sde: VPSDE, parameterization: str = "eps", s
     no_other_kwargs(deprecated, "dsm_loss")
     check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
     b = x0.shape[0]
-    t = t_min + (1 - t_min) * torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    t = t_min + (1 - t_min) * rand((b,), generator, x0.dtype, x0.device)
+    eps = randn(x0.shape, generator, x0.dtype, x0.device)
     xt = sde.perturb(x0, t, noise=eps)
     out = net(xt, t) if labels is None else net(xt, t, labels)
     per_example = ((out - (eps if parameterization == "eps" else x0)) ** 2).reshape(b, -1).mean(1)

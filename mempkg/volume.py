@@ -54,6 +54,7 @@ import torch
 from tqdm import tqdm
 
 from ._checks import check_choice, check_positive, check_positive_int, check_time
+from ._random import randn
 from .ode import GRIDS, METHODS, check_finite, ode_step, ode_step_jvp, time_grid
 from .score import score_jvp as _score_jvp
 from .sde import VPSDE
@@ -123,7 +124,7 @@ def _orthonormalise(vectors: torch.Tensor):
 
 def _initial_axes(b: int, n_axes: int, d: int, generator, dtype, device):
     """Random orthonormal axes (seed 000, Algorithm 1, lines 3-4), shape ``(b, n_axes, d)``."""
-    eps = torch.randn(b, n_axes, d, generator=generator, dtype=dtype, device=device)
+    eps = randn((b, n_axes, d), generator, dtype, device)
     axes, _ = _orthonormalise(eps)
     return axes
 
