@@ -95,7 +95,7 @@ def _paper_volume(ctx, x):
 
 def _step_volume(ctx, x):
     """All axes, one short step from ``alpha(t0) x`` at ``t0``: to first order FLIPD's trace term (chapter 13)."""
-    d = x[0].numel()
+    d = x[0].numel() if ctx.get("step_axes") is None else ctx["step_axes"]
     t0 = ctx["t0"]
     return _volume(ctx, ctx["sde"].alpha(t0) * x, n_axes=d, n_steps=1, method="jvp", grid="uniform",
                    t_start=t0, t_end=t0 + 1e-4)
@@ -106,7 +106,8 @@ def _flipd(ctx, x):
 
 
 def _normal_bundle(ctx, x):
-    return lid.normal_bundle(ctx["score"], x, ctx["sde"], t0=ctx["t0_bundle"], generator=ctx["generator"]).double()
+    return lid.normal_bundle(ctx["score"], x, ctx["sde"], t0=ctx["t0_bundle"], n_samples=ctx.get("n_bundle"),
+                             generator=ctx["generator"]).double()
 
 
 def _nearest_generation(ctx, x):
@@ -196,7 +197,8 @@ def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, ge
                   n_probes: int | None = 1, n_axes: int = 8, n_steps: int = 100, sigma: float = 0.05,
                   t_start: float = 1e-3, t_cheap: float = 0.01, threshold: float = COPY_THRESHOLD,
                   n_neighbors: int = 100, extractor=None, chunk_size: int = 256, seed: int = 0,
-                  subset=None, progress: bool = False):
+                  subset=None, progress: bool = False, n_bundle: int | None = None,
+                  step_axes: int | None = None):
     """Every measure in ``measures`` for every image of ``train``: ``(table, cost)``.
 
     Parameters
@@ -213,6 +215,9 @@ def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, ge
     chunk_size : training images per chunk; seed : seeds the axes, probes and generations
     subset : indices into ``train``, optional: measure only these images (the training set, for the
         copies and the mean, stays all of ``train``); :func:`run_audit` works through chunks this way
+    n_bundle : the normal bundle's noisy copies per image (default ``4 d``, seed 004's)
+    step_axes : axes of ``volume_growth_step`` (default all ``d``; fewer make it a random-axis
+        estimate, for large images on a CPU)
 
     Returns
     -------
@@ -245,7 +250,9 @@ def measure_table(score, train: torch.Tensor, sde, measures=DEFAULT_MEASURES, ge
     ctx = {"score": counting, "sde": sde, "train": train, "gen": gen, "generator": generator, "t0": t0,
            "t0_bundle": t0_bundle, "n_probes": n_probes, "n_axes": n_axes, "n_steps": n_steps, "sigma": sigma,
            "t_start": t_start, "t_cheap": t_cheap, "threshold": threshold, "n_neighbors": n_neighbors,
-           "extractor": extractor or _default_extractor(train)}
+           "extractor": extractor or _default_extractor(train),
+           "n_bundle": None if n_bundle is None else check_positive_int(n_bundle, "n_bundle"),
+           "step_axes": None if step_axes is None else check_positive_int(step_axes, "step_axes")}
     columns = {}
     subset = torch.arange(len(train)) if subset is None else torch.as_tensor(subset, dtype=torch.long).flatten()
     bar = _progress_bar(len(measures) * len(subset), progress)

@@ -104,3 +104,20 @@ def test_bad_arguments_fail_before_any_work(kwargs, message):
     with pytest.raises(ValueError, match=message):
         audit.measure_table(score, train, sde, **kwargs)
     assert not calls
+
+
+def test_fewer_bundle_copies_and_step_axes_are_what_is_counted():
+    """n_bundle and step_axes (chapter 13's knobs for large images) set the normal bundle's K and the
+    one-step growth's axes; the score evaluations counted follow them."""
+    sde = VPSDE()
+    train = torch.randn(5, 1, 2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = GaussianScore(torch.zeros(1, 2, 4, dtype=torch.float64), torch.eye(8, dtype=torch.float64), sde)
+    measures = ("normal_bundle", "volume_growth_step")
+    _, full = audit.measure_table(model, train, sde, measures=measures)
+    table, cost = audit.measure_table(model, train, sde, measures=measures, n_bundle=6, step_axes=3)
+    assert full.loc["normal_bundle", "score_evaluations"] == 5 * 4 * 8
+    assert cost.loc["normal_bundle", "score_evaluations"] == 5 * 6
+    assert cost.loc["volume_growth_step", "score_evaluations"] < full.loc["volume_growth_step", "score_evaluations"]
+    assert np.isfinite(table.to_numpy()).all()
+    with pytest.raises(ValueError, match="n_bundle"):
+        audit.measure_table(model, train, sde, measures=measures, n_bundle=0)

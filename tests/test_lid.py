@@ -281,3 +281,17 @@ def test_score_trace_of_a_gaussian_is_its_closed_form():
         score_trace(gauss, x, t, n_probes=0)
     with pytest.raises(ValueError, match="chunk_size"):
         score_trace(gauss, x, t, chunk_size=0)
+
+
+def test_normal_bundle_chunks_do_not_change_the_estimate():
+    """The noisy copies may pass through the score in chunks (a network's memory on a GPU)."""
+    sde = VPSDE()
+    x = torch.randn(3, 1, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    score = GaussianScore(torch.zeros(1, 2, 4, dtype=torch.float64), torch.eye(8, dtype=torch.float64), sde)
+    whole, sv = normal_bundle(score, x, sde, generator=torch.Generator().manual_seed(1), return_singular_values=True)
+    parts, sv_parts = normal_bundle(score, x, sde, generator=torch.Generator().manual_seed(1), chunk_size=5,
+                                    return_singular_values=True)
+    assert torch.equal(whole, parts)
+    assert torch.allclose(sv, sv_parts)
+    with pytest.raises(ValueError, match="chunk_size"):
+        normal_bundle(score, x, sde, chunk_size=0)
