@@ -17,7 +17,8 @@ other (train-to-train, self excluded) and what never-seen images score against t
   CNN trained here on digits by instance discrimination with copy-style augmentations, the role
   SSCD plays in the paper), :func:`random_conv` (the same network untrained, a control) and
   :func:`load_extractor` (a TorchScript file or a state dict the user names, e.g. SSCD or DINO,
-  whose weights cannot be downloaded here).
+  whose weights cannot be downloaded here; :func:`imagenet_preprocess` feeds them). All of them
+  take 8x8 digits and 3x32x32 CIFAR-10 images alike (chapter 8's ``dataset="cifar10"``).
 * Replication rates: :func:`calibrate_threshold` (the threshold that flags a stated fraction of
   held-out images), :func:`replication_rate` with a Wilson interval, beside the paper's fixed
   :data:`PAPER_THRESHOLD`; :func:`trend_test` (Cochran-Armitage) and :func:`overlap` (KS statistic
@@ -50,7 +51,7 @@ from ._checks import check_choice, check_positive, check_positive_int
 
 __all__ = ["PAPER_THRESHOLD", "COPY_DETECTOR", "cosine", "split_product", "similarity_matrix", "topk", "top1",
            "Extractor", "CopyDetectorNet", "pixel_extractor", "random_conv", "copy_detector", "train_copy_detector",
-           "save_copy_detector", "copy_detector_entry", "load_extractor", "augment", "Replicas", "replica_benchmark", "recall_at_k",
+           "save_copy_detector", "copy_detector_entry", "load_extractor", "imagenet_preprocess", "augment", "Replicas", "replica_benchmark", "recall_at_k",
            "mean_average_precision", "triangle_bound", "calibrate_threshold", "Rate", "replication_rate",
            "wilson_interval", "trend_test", "overlap", "never_seen", "evaluate_retrieval", "Replication",
            "replication_report"]
@@ -322,7 +323,8 @@ class _Pixels(nn.Module):
 
     def forward(self, x):
         if x.shape[1:] != self.center.shape:
-            raise ValueError(f"images must have shape (n, {', '.join(map(str, self.center.shape))}), got {tuple(x.shape)}")
+            raise ValueError(f"images must have shape (n, {', '.join(map(str, self.center.shape))}), got {tuple(x.shape)} "
+                             f"(pass center= the mean of images of that shape, or a batch of them)")
         x = x - self.center.to(x)
         p = self.patch
         n, c, h, w = x.shape
@@ -334,11 +336,13 @@ def pixel_extractor(center: torch.Tensor | None = None, patch: int = 4) -> Extra
     """Pixels as features: mean-centred, unit-normalised, chunks = non-overlapping ``patch x patch`` patches.
 
     Cosine on raw [-1, 1] digits is dominated by the constant -1 background (every pair scores high);
-    subtracting a fixed centre image removes it. An 8x8 digit with ``patch=4`` gives 4 chunks of 16.
+    subtracting a fixed centre image removes it. An 8x8 digit with ``patch=4`` gives 4 chunks of 16;
+    a 3x32x32 CIFAR-10 image with ``patch=16`` gives its 4 quadrants, chunks of 768.
 
     Parameters
     ----------
-    center : tensor ``(C, H, W)``, the image subtracted; default the mean of all 1,797 digits
+    center : tensor ``(C, H, W)``, the image subtracted, or a batch ``(n, C, H, W)`` whose mean is
+        subtracted (e.g. the data set's images); default the mean of all 1,797 digits (1x8x8)
     patch : int dividing H and W
 
     Returns
@@ -350,17 +354,25 @@ def pixel_extractor(center: torch.Tensor | None = None, patch: int = 4) -> Extra
         from .data import digits
 
         center = digits(dtype=torch.float32).mean(0)
+    if isinstance(center, torch.Tensor) and center.ndim == 4:
+        center = center.float().mean(0)
+    if not isinstance(center, torch.Tensor) or center.ndim != 3:
+        raise ValueError(f"center must be an image (C, H, W) or a batch (n, C, H, W), got "
+                         f"{tuple(center.shape) if isinstance(center, torch.Tensor) else type(center).__name__}")
     if center.ndim != 3 or center.shape[1] % patch or center.shape[2] % patch:
         raise ValueError(f"patch must divide the image height and width {tuple(center.shape[1:])}, got {patch}")
-    return Extractor(_Pixels(center.float(), patch), "pixels")
+    return Extractor(_Pixels(center.detach().float().cpu(), patch), "pixels")
 
 
 class CopyDetectorNet(nn.Module):
-    """A small CNN whose 4x4 feature map gives 16 local chunks (receptive field 4x4 pixels each).
+    """A small CNN whose 4x4 feature map gives 16 local chunks (receptive field 4x4 pixels each on 8x8).
 
     ``forward(x)`` returns features ``(n, 16, width)`` for 8x8 images: 3x3 conv, 2x2 conv of stride
-    2, 1x1 conv. ``project(x)`` adds the projection head used only for training (InfoNCE), as in
-    SimCLR/SSCD, where retrieval uses the representation before the head.
+    2, 1x1 conv. Larger images get one more stage (3x3 conv, 2x2 conv of stride 2) per halving until
+    the map is 4x4 or smaller (32x32 CIFAR-10: two more stages, still 16 chunks, each seeing about a
+    16x16 window); the 8x8 network is unchanged. ``project(x)`` adds the projection head used only
+    for training (InfoNCE), as in SimCLR/SSCD, where retrieval uses the representation before the
+    head.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32, proj_dim: int = 64, image_size: int = 8):
@@ -369,9 +381,13 @@ class CopyDetectorNet(nn.Module):
         if image_size % 2:
             raise ValueError(f"image_size must be even, got {image_size}")
         self.config = dict(in_channels=in_channels, width=width, proj_dim=proj_dim, image_size=image_size)
-        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(width, width, 2, stride=2), nn.ReLU(), nn.Conv2d(width, width, 1))
-        positions = (image_size // 2) ** 2
+        layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 2, stride=2), nn.ReLU()]
+        side = image_size // 2
+        while side > 4 and side % 2 == 0:
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 2, stride=2), nn.ReLU()]
+            side //= 2
+        self.body = nn.Sequential(*layers, nn.Conv2d(width, width, 1))
+        positions = side ** 2
         self.head = nn.Sequential(nn.Linear(width * positions, 128), nn.ReLU(), nn.Linear(128, proj_dim))
 
     def forward(self, x):
@@ -381,18 +397,19 @@ class CopyDetectorNet(nn.Module):
         return self.head(self.forward(x).flatten(1))
 
 
-def random_conv(seed: int = 0, width: int = 32) -> Extractor:
+def random_conv(seed: int = 0, width: int = 32, in_channels: int = 1, image_size: int = 8) -> Extractor:
     """The copy detector's network with its random initialisation (seeded), untrained: a control.
 
     Random convolutional features already carry local image statistics; what training adds is
-    invariance to the copy-style augmentations. Returns an :class:`Extractor` ``(n, 16, width)``.
+    invariance to the copy-style augmentations. ``in_channels`` and ``image_size`` as in
+    :class:`CopyDetectorNet` (3 and 32 for CIFAR-10). Returns an :class:`Extractor` ``(n, 16, width)``.
     """
     torch.manual_seed(check_positive_int(seed, "seed", allow_zero=True))
-    return Extractor(CopyDetectorNet(width=width), "random_conv")
+    return Extractor(CopyDetectorNet(in_channels=in_channels, width=width, image_size=image_size), "random_conv")
 
 
-def augment(images: torch.Tensor, generator: torch.Generator | None = None, max_shift: float = 0.5,
-            max_rotation: float = 10.0, noise: float = 0.1, blur_prob: float = 0.2, cutout: int = 2,
+def augment(images: torch.Tensor, generator: torch.Generator | None = None, max_shift: float | None = None,
+            max_rotation: float = 10.0, noise: float = 0.1, blur_prob: float = 0.2, cutout: int | None = None,
             cutout_prob: float = 0.5, background: float = -1.0) -> torch.Tensor:
     """Copy-style augmentations of images in [-1, 1] (the variations a replica may carry; seed 003, p. 3).
 
@@ -402,6 +419,10 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None, max_
     similarity, so the default is half a pixel), a 3x3 binomial blur with probability
     ``blur_prob``, a ``cutout x cutout`` square set to the background with probability
     ``cutout_prob``, Gaussian noise of standard deviation ``noise``; clamped to [-1, 1].
+
+    ``max_shift`` and ``cutout`` default to the same share of the image at any size: half a pixel
+    and 2 pixels per 8 pixels of the shorter side (0.5 and 2 on 8x8 digits, 2 and 8 on 32x32
+    CIFAR-10). ``background`` (-1, black) fills what rotations uncover and the cutout square.
 
     Parameters
     ----------
@@ -415,14 +436,20 @@ def augment(images: torch.Tensor, generator: torch.Generator | None = None, max_
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty tensor (n, C, H, W), got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    n, c, h, w = images.shape
+    if max_shift is None:
+        max_shift = 0.5 * min(h, w) / 8
+    if cutout is None:
+        cutout = max(1, round(2 * min(h, w) / 8))
     check_positive_int(cutout, "cutout", allow_zero=True)
+    if cutout > min(h, w):
+        raise ValueError(f"cutout must be at most {min(h, w)}, got {cutout}")
     for value, name in ((blur_prob, "blur_prob"), (cutout_prob, "cutout_prob")):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
     for value, name in ((noise, "noise"), (max_rotation, "max_rotation"), (max_shift, "max_shift")):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    n, c, h, w = images.shape
     dev, dt = images.device, images.dtype
     g = generator
     angle = (torch.rand(n, generator=g) * 2 - 1) * max_rotation * math.pi / 180
@@ -462,7 +489,8 @@ def train_copy_detector(images: torch.Tensor, n_steps: int = 1500, batch_size: i
 
     Parameters
     ----------
-    images : tensor ``(n, 1, 8, 8)``, n >= batch_size
+    images : tensor ``(n, C, H, W)``, n >= batch_size (8x8 digits, 3x32x32 CIFAR-10, ...); the
+        network trains on their device
     n_steps, batch_size, lr, temperature : the optimisation (Adam)
     width : channels of the feature map (the chunk dimension)
     seed : seeds the initialisation and every draw
@@ -478,21 +506,22 @@ def train_copy_detector(images: torch.Tensor, n_steps: int = 1500, batch_size: i
         raise ValueError(f"images must be a tensor (n, C, H, W) with n >= batch_size = {batch_size}, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     torch.manual_seed(seed)
-    net = CopyDetectorNet(in_channels=images.shape[1], width=width, image_size=images.shape[-1])
-    g = torch.Generator().manual_seed(seed)
+    net = CopyDetectorNet(in_channels=images.shape[1], width=width, image_size=images.shape[-1]).to(images.device)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the draws are the same on every device
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    targets = torch.cat([torch.arange(batch_size) + batch_size, torch.arange(batch_size)])
+    targets = torch.cat([torch.arange(batch_size) + batch_size, torch.arange(batch_size)]).to(images.device)
     history = []
     net.train()
-    for _ in tqdm(range(n_steps), disable=not progress, desc="copy detector", leave=False):
-        x = images[torch.randperm(len(images), generator=g)[:batch_size]]
-        z = F.normalize(net.project(torch.cat([augment(x, g), augment(x, g)])), dim=1)
-        logits = (z @ z.T / temperature).fill_diagonal_(-math.inf)
-        loss = F.cross_entropy(logits, targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    with torch.enable_grad():  # also under torch.set_grad_enabled(False), as chapter 8 runs
+        for _ in tqdm(range(n_steps), disable=not progress, desc="copy detector", leave=False):
+            x = images[torch.randperm(len(images), generator=g)[:batch_size]]
+            z = F.normalize(net.project(torch.cat([augment(x, g), augment(x, g)])), dim=1)
+            logits = (z @ z.T / temperature).fill_diagonal_(-math.inf)
+            loss = F.cross_entropy(logits, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
     net.eval()
     net.history = history
     return net
@@ -602,6 +631,30 @@ def load_extractor(path: Path | str, module: nn.Module | None = None, name: str 
     return Extractor(net.eval(), name, preprocess=preprocess, batch_size=batch_size)
 
 
+def imagenet_preprocess(size: int | None = 224):
+    """The ``preprocess`` of :func:`load_extractor` for ImageNet-trained extractors (SSCD, DINO).
+
+    Maps images in [-1, 1] of shape ``(n, 1 or 3, H, W)`` to what those networks expect: [0, 1],
+    a grey channel repeated to three, resized to ``size x size`` (bilinear; ``None`` keeps the
+    size), normalised by ImageNet's channel mean and standard deviation.
+    """
+    if size is not None:
+        size = check_positive_int(size, "size")
+    mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"images must have shape (n, 1 or 3, H, W), got {tuple(x.shape)}")
+        x = (x.float() + 1) / 2
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return (x - mean.to(x)) / std.to(x)
+
+    return preprocess
+
+
 # --- a benchmark of known replicas ----------------------------------------------------------------
 
 
@@ -705,7 +758,7 @@ def mean_average_precision(similarities: torch.Tensor, relevant: torch.Tensor) -
 
 
 def _scores(x, name):
-    x = torch.as_tensor(x).flatten().double()
+    x = torch.as_tensor(x).detach().flatten().double().cpu()
     if x.numel() == 0:
         raise ValueError(f"{name} is empty")
     return x
@@ -825,19 +878,23 @@ def never_seen(pool: torch.Tensor, *train_sets: torch.Tensor) -> torch.Tensor:
     """Boolean mask ``(len(pool),)``: the images of ``pool`` equal to no image of any training set.
 
     The held-out images of chapter 8: never trained on by any of the models compared, so one
-    held-out set serves every training-set size.
+    held-out set serves every training-set size. Images are compared by the bytes of their pixels
+    (equal bytes exactly when equal values), so 50,000 CIFAR-10 images cost one pass over them.
     """
     if not isinstance(pool, torch.Tensor) or pool.ndim < 2 or len(pool) == 0:
         raise ValueError("pool must be a non-empty tensor of images (n, ...)")
-    flat = pool.flatten(1)
-    seen = torch.zeros(len(pool), dtype=torch.bool, device=pool.device)
+
+    def rows(x):  # + 0.0 turns -0.0 into 0.0, so that bytes are equal exactly when values are
+        return (x.detach().flatten(1).to(pool.dtype) + 0.0).cpu().numpy()
+
+    known = set()
     for i, train in enumerate(train_sets):
         if train.shape[1:] != pool.shape[1:]:
             raise ValueError(f"train_sets[{i}] must have images shaped like pool {tuple(pool.shape[1:])}, "
                              f"got {tuple(train.shape[1:])}")
-        for block in train.flatten(1).to(pool.device).split(256):
-            seen |= (flat[:, None, :] == block[None]).all(2).any(1)
-    return ~seen
+        known.update(row.tobytes() for row in rows(train))
+    seen = torch.tensor([row.tobytes() in known for row in rows(pool)], dtype=torch.bool)
+    return ~seen.to(pool.device)
 
 
 def evaluate_retrieval(query_feats: torch.Tensor, train_feats: torch.Tensor, relevant: torch.Tensor,

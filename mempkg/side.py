@@ -234,18 +234,21 @@ def draw_labels(n: int, n_classes: int, how: str = "balanced", probs: torch.Tens
     ``"balanced"``: round-robin over the classes (equal numbers, the default: seed 002 does not say);
     ``"proportional"``: drawn from ``probs`` (e.g. the model's own label frequencies; with the exact
     posterior and ``lambda = 1`` this reproduces the unconditional model, research notes 1.6);
-    ``"uniform"``: drawn uniformly at random.
+    ``"uniform"``: drawn uniformly at random. The draws are made on ``generator``'s device (a CUDA
+    generator draws on the GPU); the labels are returned on the CPU.
     """
     n = check_positive_int(n, "n")
     n_classes = check_positive_int(n_classes, "n_classes")
     check_choice(how, "how", LABEL_CHOICES)
     if how == "balanced":
         return torch.arange(n) % n_classes
+    device = generator.device if generator is not None else "cpu"
     if how == "uniform":
-        return torch.randint(n_classes, (n,), generator=generator)
+        return torch.randint(n_classes, (n,), generator=generator, device=device).cpu()
     if probs is None or torch.as_tensor(probs).shape != (n_classes,):
         raise ValueError(f"probs must be a tensor of {n_classes} class probabilities for how='proportional'")
-    return torch.multinomial(torch.as_tensor(probs, dtype=torch.float64), n, replacement=True, generator=generator)
+    probs = torch.as_tensor(probs, dtype=torch.float64).to(device)
+    return torch.multinomial(probs, n, replacement=True, generator=generator).cpu()
 
 
 class _CutOff:
@@ -321,7 +324,8 @@ def accuracy_vs_time(classifier, x: torch.Tensor, labels: torch.Tensor, sde: VPS
 
     A normal classifier sees only clean images; in Eq. 12 it is asked about ``x_t`` at every time,
     where it falls to chance (seed 002, Section 4.2). At ``t = 0`` a time-dependent classifier is
-    given ``t = CLEAN_TIME`` (1e-3, the smallest training time). Returns a tensor ``(len(times),)``.
+    given ``t = CLEAN_TIME`` (1e-3, the smallest training time). The noise is drawn with
+    ``generator`` on its device (``x``'s device without one). Returns a tensor ``(len(times),)``.
     """
     labels = _check_images_labels(x, labels).to(x.device)
     accs = []
@@ -330,7 +334,8 @@ def accuracy_vs_time(classifier, x: torch.Tensor, labels: torch.Tensor, sde: VPS
             xt, tt = x, torch.full((x.shape[0],), CLEAN_TIME, dtype=x.dtype, device=x.device)
         else:
             check_time(t, "times")
-            noise = torch.randn(x.shape, generator=generator).to(x)
+            noise = torch.randn(x.shape, generator=generator,
+                                device=generator.device if generator is not None else x.device).to(x)
             xt, tt = sde.perturb(x, t, noise=noise), torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         probs = classifier_probs(classifier, xt, tt if getattr(classifier, "time_dependent", False) else None,
                                  batch_size)
@@ -435,6 +440,7 @@ def extraction_scores(gamma: torch.Tensor, nearest: torch.Tensor, bands: dict, n
 
     from .metrics import ams_ums
 
+    gamma, nearest = torch.as_tensor(gamma).cpu(), torch.as_tensor(nearest).cpu()  # a small bootstrap
     n = gamma.shape[0]
     g = torch.Generator().manual_seed(seed)
     boot = torch.randint(n, (check_positive_int(n_boot, "n_boot"), n), generator=g)

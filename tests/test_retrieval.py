@@ -273,3 +273,63 @@ def test_benchmark_script_runs_with_tiny_arguments():
                           "--repeats", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "ratio" in out.stdout
+
+
+# --- CIFAR-10's 3x32x32 images ------------------------------------------------------------------
+
+
+def test_extractors_and_the_copy_detector_on_3x32x32_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 3, 32, 32, generator=g) * 2 - 1
+    px = R.pixel_extractor(center=x, patch=16)  # a batch as centre: its mean
+    assert px(x).shape == (20, 4, 768)
+    torch.testing.assert_close(px(x), R.pixel_extractor(center=x.mean(0), patch=16)(x))
+    with pytest.raises(ValueError, match="center"):
+        R.pixel_extractor()(x)  # the digits centre does not fit, and says what to pass
+    rc = R.random_conv(seed=1, in_channels=3, image_size=32)
+    assert rc(x).shape == (20, 16, 32)
+    torch.testing.assert_close(rc(x[:5]), rc(x)[:5])
+    # the 8x8 network is the one the committed detector was saved with: same layers
+    assert [type(m).__name__ for m in R.CopyDetectorNet().body] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d"]
+    with torch.no_grad():  # chapter 8 trains it with gradients switched off globally
+        net = R.train_copy_detector(x, n_steps=2, batch_size=8, progress=False)
+    assert len(net.history) == 2 and all(math.isfinite(v) for v in net.history)
+    assert R.Extractor(net, "cd")(x).shape == (20, 16, 32)
+
+
+def test_augment_scales_its_defaults_with_the_image_size():
+    g = torch.Generator().manual_seed(0)
+    digits_like = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1
+    a = R.augment(digits_like, torch.Generator().manual_seed(1))
+    b = R.augment(digits_like, torch.Generator().manual_seed(1), max_shift=0.5, cutout=2)
+    assert torch.equal(a, b)  # 8x8: the defaults are those of the committed detector
+    big = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
+    c = R.augment(big, torch.Generator().manual_seed(1))
+    d = R.augment(big, torch.Generator().manual_seed(1), max_shift=2.0, cutout=8)
+    assert torch.equal(c, d) and c.shape == big.shape and c.min() >= -1 and c.max() <= 1
+    bench = R.replica_benchmark(big, "patch", n=4, patch=16, generator=g)
+    from_a = (bench.queries == big[bench.sources[:, 0]]).flatten(1).sum(1)
+    assert bool((from_a >= 3 * 16 * 16).all())
+
+
+def test_never_seen_compares_pixels_exactly_on_large_images():
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (50, 3, 32, 32), generator=g).float() / 127.5 - 1
+    train = pool[[1, 7, 7, 30]].clone()
+    train[0, 0, 0, 0] = -0.0 if pool[1, 0, 0, 0] == 0 else train[0, 0, 0, 0]
+    mask = R.never_seen(pool, train, pool[[40]])
+    assert (~mask).nonzero().flatten().tolist() == [1, 7, 30, 40]
+    near = pool[[2]] + 1e-6  # not equal: seen only when every pixel is
+    assert bool(R.never_seen(pool, near)[2])
+
+
+def test_imagenet_preprocess():
+    pre = R.imagenet_preprocess(16)
+    grey = torch.full((2, 1, 8, 8), 1.0)  # white
+    out = pre(grey)
+    assert out.shape == (2, 3, 16, 16)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(out[0, :, 5, 5], expected)
+    assert R.imagenet_preprocess(None)(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="images"):
+        pre(torch.zeros(1, 2, 8, 8))

@@ -149,3 +149,37 @@ def test_guided_score_works_inside_the_no_grad_samplers_and_checks_its_arguments
         GuidedScore(mixture, ClassPosterior(mixture, [0, 1]), 2, 1.0)
     with pytest.raises(ValueError, match="one class per point"):
         GuidedScore(mixture, ClassPosterior(mixture, [0, 1]), torch.tensor([0, 1]), 1.0)(torch.zeros(3, 2, dtype=F64), 0.5)
+
+
+def test_draws_follow_the_generator_and_come_back_on_the_cpu():
+    """Labels and noise are drawn on the generator's device (a CUDA generator on the GPU); a CPU
+    generator gives exactly the draws of torch's CPU functions, so results on the CPU are unchanged."""
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    lab = draw_labels(50, 3, "proportional", probs, generator=torch.Generator().manual_seed(4))
+    expected = torch.multinomial(probs.double(), 50, replacement=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(lab, expected) and lab.device.type == "cpu"
+    uni = draw_labels(20, 4, "uniform", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(uni, torch.randint(4, (20,), generator=torch.Generator().manual_seed(1)))
+    # accuracy on noised images: the same noise as drawn on the CPU before
+    x = torch.randn(30, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    y = (x.flatten(1).sum(1) > 0).long()
+
+    def clf(z, t=None):
+        s = z.flatten(1).sum(1, keepdim=True)
+        return torch.cat([-s, s], 1)
+
+    acc = accuracy_vs_time(clf, x, y, SDE, [0.0, 0.4], generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    by_hand = (clf(SDE.perturb(x, 0.4, noise=noise)).argmax(1) == y).double().mean()
+    assert acc[0] == 1.0 and acc[1].item() == pytest.approx(by_hand.item())
+
+
+def test_extraction_scores_take_tensors_on_any_device_and_report_on_the_cpu():
+    from mempkg.metrics import calibrate_bands
+    from mempkg.side import extraction_scores
+
+    g = torch.Generator().manual_seed(0)
+    gamma, nearest = torch.rand(40, generator=g), torch.randint(5, (40,), generator=g)
+    bands = calibrate_bands(torch.rand(100, generator=g) + 0.5)
+    table = extraction_scores(gamma, nearest, bands, n_boot=20)
+    assert list(table.index) == ["low", "mid", "high"] and int(table.n.iloc[0]) == 40
