@@ -13,7 +13,7 @@ PACKAGE = ROOT / "mempkg"
 # Each module may import only modules of lower layers (one home per idea, no cycles): the dynamics
 # (sde < score < ode), then what is built on them, then the registry and the book's helpers.
 LAYERS = [
-    {"_checks"},
+    {"_checks", "_random"},
     {"sde"},
     {"score", "nets", "data", "report", "pointwise"},
     {"ode", "train", "plotting"},
