@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Tiny knobs per chapter for a run on the tiny copy (besides dataset, data_root, checkpoint_dir).
 CIFAR_SMOKE = {
+    "07_side": dict(n_steps=2, n_random=40, n_per_lambda=10, lambda_grid=[0, 2], band_factors=[1.0], n_oracle=64,
+                    cluster_grid=[2, 5], n_per_k=10, n_toy=100),
+    "08_replication_by_retrieval": dict(n_generate=40, n_sample_steps=2, n_bench=20, n_generate_dup=40, n_gallery=4,
+                                        detector_steps=2),
 }
 
 #: The chapters that load a trained model: each accepts dataset="cifar10".
