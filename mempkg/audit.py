@@ -424,9 +424,10 @@ def _load_diffusers(path, device, sde):
 def load_score(spec: str, device="cpu", sde=None):
     """The score ``score(x, t)`` of ``spec`` on the VP-SDE ``sde``.
 
-    ``spec`` is a recipe of :mod:`mempkg.checkpoints` (:func:`~mempkg.checkpoints.load_model`), a
-    TorchScript noise network ``net(x, t)`` (``t`` a ``(batch,)`` tensor of continuous times in [0, 1];
-    read with :class:`~mempkg.score.NetworkScore`, ``"eps"``), or a folder saved by diffusers (a
+    ``spec`` is a recipe of :mod:`mempkg.checkpoints` (:func:`~mempkg.checkpoints.load_model`), the
+    checkpoint ``DIR/NAME.pt`` of a recipe trained into another folder (``python -m mempkg train NAME
+    --out DIR``, e.g. a CIFAR-10 recipe; verified against ``DIR/manifest.json``), a TorchScript noise
+    network ``net(x, t)`` (``t`` a ``(batch,)`` tensor of continuous times in [0, 1]; read with :class:`~mempkg.score.NetworkScore`, ``"eps"``), or a folder saved by diffusers (a
     ``UNet2DModel`` and its scheduler, :func:`mempkg.adapters.from_diffusers`). Raises ``ValueError``
     naming ``--model`` when it is none of these.
     """
@@ -449,6 +450,11 @@ def load_score(spec: str, device="cpu", sde=None):
                          "nor an existing file or folder")
     if path.is_dir():
         return _load_diffusers(path, device, sde)
+    if path.stem in checkpoints.RECIPES and path.stem in checkpoints.read_manifest(path.parent / "manifest.json"):
+        try:                                      # a recipe trained elsewhere (`mempkg train NAME --out DIR`)
+            return checkpoints.load_model(path.stem, device=device, data_dir=path.parent)
+        except checkpoints.ChecksumError as exc:
+            raise ValueError(f"--model: {' '.join(str(exc).split())}") from exc
     try:
         with warnings.catch_warnings():           # torch's deprecation notice of TorchScript: noise for a user
             warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)

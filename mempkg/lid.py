@@ -46,7 +46,8 @@ def _rademacher(shape, generator, dtype, device):
 
 @torch.no_grad()
 def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | None = 1,
-          generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
+          generator: torch.Generator | None = None, chunk_size: int = 256,
+          batch_size: int | None = None) -> torch.Tensor:
     """FLIPD estimate of ``LID_theta(x)`` (seed 004, Eq. 6; Kamkari et al. 2024).
 
     ``FLIPD(x, t0) = d + v(t0) (tr grad s(alpha(t0) x, t0) + |s(alpha(t0) x, t0)|^2)``.
@@ -68,6 +69,9 @@ def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | 
         (``d`` Jacobian-vector products per point).
     generator : torch.Generator, optional, for the probes
     chunk_size : int, tangents pushed at once (memory ``batch * chunk_size * d``)
+    batch_size : int, optional
+        Points estimated at a time (None: all): with a large network on a GPU the ``batch *
+        chunk_size`` rows of one network call are what runs out of memory.
 
     Returns
     -------
@@ -78,12 +82,13 @@ def flipd(score, x: torch.Tensor, sde: VPSDE, t0: float = 0.05, n_probes: int | 
     Seed 004, Eq. 6 and App. B.1, C.1; Hutchinson (1989).
     """
     t0 = check_time(t0, "t0")
-    return flipd_at_noisy(score, sde.alpha(t0) * x, sde, t0, n_probes, generator, chunk_size)
+    return flipd_at_noisy(score, sde.alpha(t0) * x, sde, t0, n_probes, generator, chunk_size, batch_size)
 
 
 @torch.no_grad()
 def flipd_at_noisy(score, x: torch.Tensor, sde: VPSDE, t: float, n_probes: int | None = 1,
-                   generator: torch.Generator | None = None, chunk_size: int = 256) -> torch.Tensor:
+                   generator: torch.Generator | None = None, chunk_size: int = 256,
+                   batch_size: int | None = None) -> torch.Tensor:
     """``d + v(t) (tr grad s(x, t) + |s(x, t)|^2)`` at points ``x`` already at noise level ``t``.
 
     :func:`flipd` is this at ``x = alpha(t0) x_clean``; seed 004's ``A^FLIPD`` (Eq. 26) evaluates it
@@ -99,6 +104,9 @@ def flipd_at_noisy(score, x: torch.Tensor, sde: VPSDE, t: float, n_probes: int |
     if n_probes is not None:
         n_probes = check_positive_int(n_probes, "n_probes")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if batch_size is not None and check_positive_int(batch_size, "batch_size") < x.shape[0]:
+        return torch.cat([flipd_at_noisy(score, part, sde, t0, n_probes, generator, chunk_size)
+                          for part in x.split(batch_size)])
     b, d = x.shape[0], math.prod(x.shape[1:])
     v, sigma = sde.v(t0), sde.sigma(t0)
     eps_form = getattr(score, "parameterization", None) == "eps" and hasattr(score, "predict_eps")

@@ -143,6 +143,7 @@ def sample_ode(
     device=None,
     progress: bool = False,
     noise: torch.Tensor | None = None,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Sample by integrating the probability-flow ODE from prior noise at t = 1 to ``t_end``.
 
@@ -159,15 +160,23 @@ def sample_ode(
     noise : tensor of shape ``shape``, optional
         The starting points at t = 1 (drawn from ``N(0, I)`` with ``generator`` when omitted),
         e.g. to see which region of noise space generates which sample.
+    batch_size : int, optional
+        Integrate this many samples at a time (a large network on a GPU needs it); the noise is
+        drawn for all samples first, so the samples are those of one call. None: all at once.
 
     Returns
     -------
     tensor of shape ``shape``.
     """
     score, shape, sde = legacy_sde_second("sample_ode", score, shape, sde)
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
     x, t_end = _prior_start(sde, shape, t_end, generator, dtype, device, noise)
-    x = integrate(score, x, sde, 1.0, t_end, n_steps, method=method, grid=grid, progress=progress)
-    return denoise(score, x, sde, t_end) if final_denoise else x
+    out = []
+    for z in x.split(batch_size or max(len(x), 1)):
+        z = integrate(score, z, sde, 1.0, t_end, n_steps, method=method, grid=grid, progress=progress)
+        out.append(denoise(score, z, sde, t_end) if final_denoise else z)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 @torch.no_grad()

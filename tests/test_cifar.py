@@ -25,10 +25,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Tiny knobs per chapter for a run on the tiny copy (besides dataset, data_root, checkpoint_dir).
 CIFAR_SMOKE = {
+    # ch11-13: random-pixel models copy nothing at 1/3 (calibrated l2 ~ 1.94-1.97): the threshold 1.955
+    # splits copies from the rest, which the AUCs need
+    "11_lid_on_images": dict(n_generate=48, n_sample_steps=2, t0_grid=[0.05, 0.1], n_probes=1, nb_samples=16,
+                             n_nb=16, n_neighbors=5, n_boot=20, threshold=1.955, batch_size=16),
+    "12_conditioning_and_cfg": dict(n_per_class=4, n_sample_steps=2, n_lid=2, lid_probes=1, cfg_steps=1,
+                                    n_trajectories=2, metric_steps=4, exact_steps=50, n_boot=20, threshold=1.955,
+                                    batch_size=2),
+    "13_every_detector": dict(n_exact=4, n_point_masses=2, n_generate=8, n_independent=8, n_side=8,
+                              side_clusters=2, n_draws=2, n_boot=20, n_sample_steps=2, volume_axes=1,
+                              volume_steps=1, step_axes=1, n_bundle=4, trace_probes=1, threshold=1.955),
+    "04_overfitted_model": dict(n_generate=16, n_sample_steps=2, n_axes=2, n_steps=3, sweep_points=2, sweep_steps=1,
+                                sweep_axes=[1, 2], n_axis_seeds=1, control_axes=1, n_boot=20, batch_size=8),
+    # random-pixel models copy nothing at 1/3: a looser threshold gives the two groups chapter 5 compares
+    "05_memorized_vs_unmemorized": dict(n_generate=40, n_sample_steps=2, threshold=1.96, n_compare=6,
+                                        axes_sweep=[1, 2], n_steps=3, n_axis_seeds=1, control_axes=1, n_boot=20,
+                                        batch_size=16),
     "07_side": dict(n_steps=2, n_random=40, n_per_lambda=10, lambda_grid=[0, 2], band_factors=[1.0], n_oracle=64,
-                    cluster_grid=[2, 5], n_per_k=10, n_toy=100),
+                    cluster_grid=[2, 5], n_per_k=10, n_toy=100, batch_size=16),
     "08_replication_by_retrieval": dict(n_generate=40, n_sample_steps=2, n_bench=20, n_generate_dup=40, n_gallery=4,
-                                        detector_steps=2),
+                                        detector_steps=2, batch_size=16),
 }
 
 #: The chapters that load a trained model: each accepts dataset="cifar10".
@@ -223,3 +239,19 @@ def test_a_cpu_generator_gives_the_same_draws_on_any_device():
     assert rand((2,), g, device="meta").device.type == randint(0, 5, (2,), g, "meta").device.type == "meta"
     a = VPSDE().prior_sample((2, 3), generator=torch.Generator().manual_seed(1), device="cpu")
     assert torch.equal(a, torch.randn(2, 3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_the_audit_reads_a_recipe_trained_elsewhere(tiny_cifar, tmp_path):
+    """`mempkg audit --model DIR/NAME.pt --train cifar10:ROOT`: a CIFAR-10 model from its own folder."""
+    from mempkg import audit
+
+    root, models = tiny_cifar
+    score = audit.load_score(str(models / "cifar10_1000_x0.pt"))
+    assert score.data_shape == (3, 32, 32)
+    out = subprocess.run([sys.executable, "-m", "mempkg", "audit", "--model", str(models / "cifar10_1000_x0.pt"),
+                          "--train", f"cifar10:{root}", "--out", str(tmp_path / "audit"), "--n-generate", "8",
+                          "--measures", "volume_growth_cheap,flipd,distance_to_mean", "--chunk-size", "200"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "audit" / "measures.csv")
+    assert len(table) == 300 and {"volume_growth_cheap", "flipd", "distance_to_mean"} <= set(table.columns)

@@ -182,12 +182,15 @@ def test_flipd_works_with_networks_in_both_parameterizations():
     via_score = flipd(lambda z, t: eps_score(z, t), x, SDE, t0=0.1, n_probes=None)   # no eps shortcut
     assert torch.allclose(via_score, flipd(eps_score, x, SDE, t0=0.1, n_probes=None), rtol=1e-4, atol=1e-3)
     assert normal_bundle(NetworkScore(net, SDE, "x0"), x[:1], SDE, n_samples=32).shape == (1,)
+    in_parts = flipd(eps_score, x, SDE, t0=0.1, n_probes=None, batch_size=2)      # points two at a time
+    assert torch.allclose(in_parts, flipd(eps_score, x, SDE, t0=0.1, n_probes=None), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("call,name", [
     (lambda m, x: flipd(m, x, SDE, t0=0.0), "t0"),
     (lambda m, x: flipd(m, x, SDE, t0=1.5), "t0"),
     (lambda m, x: flipd(m, x, SDE, n_probes=0), "n_probes"),
+    (lambda m, x: flipd(m, x, SDE, batch_size=0), "batch_size"),
     (lambda m, x: normal_bundle(m, x, SDE, t0=-1.0), "t0"),
     (lambda m, x: normal_bundle(m, x, SDE, n_samples=0), "n_samples"),
     (lambda m, x: lpca(x, n_neighbors=64), "n_neighbors must be at most"),
