@@ -387,6 +387,10 @@ UTILISATION = 0.4
 
 def gpu_hours(total_flops: float, peak: float = A100_TF32_FLOPS, utilisation: float = UTILISATION) -> float:
     """Hours for ``total_flops`` at ``utilisation`` of a ``peak`` FLOP/s: an estimate, not a measurement."""
+    if not 0 < utilisation <= 1:
+        raise ValueError(f"utilisation must lie in (0, 1], got {utilisation!r}")
+    if not peak > 0 or not total_flops >= 0:
+        raise ValueError(f"peak must be > 0 and total_flops >= 0, got peak={peak!r}, total_flops={total_flops!r}")
     return total_flops / (peak * utilisation) / 3600
 
 
@@ -508,9 +512,9 @@ def train_recipe(name: str, out_dir: Path | str = DATA_DIR, progress: bool = Tru
 
 
 def _train_score_recipe(recipe: Recipe, progress: bool, data_root=None, device="cpu"):
+    train_data = data_module.training_set(recipe.data, data_root=data_root).to(device)   # a missing copy fails first
     torch.manual_seed(recipe.init_seed)
     net = build_net(recipe.net).to(device)
-    train_data = data_module.training_set(recipe.data, data_root=data_root).to(device)
     labels = data_module.training_labels(recipe.data, data_root=data_root) if recipe.net.get("n_classes") else None
     with tempfile.TemporaryDirectory() as tmp:
         train_score_model(net, train_data, VPSDE(), recipe.train, checkpoint=Path(tmp) / "resume.ckpt",

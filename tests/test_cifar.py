@@ -140,6 +140,8 @@ def test_training_cost_counts_an_mlp_by_hand():
     recipe = checkpoints.RECIPES["digits64_x0"]
     assert cost["total_flops"] == 3 * cost["forward_flops"] * recipe.train.batch_size * recipe.train.n_steps
     assert checkpoints.gpu_hours(3600 * 1e12, peak=1e12, utilisation=1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="utilisation"):
+        checkpoints.gpu_hours(1.0, utilisation=0.0)
     big = checkpoints.training_cost("cifar10_64_x0")
     assert big["parameters"] == sum(p.numel() for p in build_net(CIFAR10_UNET).parameters())
     assert 10e9 < big["forward_flops"] < 15e9, "DDPM's CIFAR-10 U-Net costs about 12 GFLOP per image"
