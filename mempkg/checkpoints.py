@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import platform
@@ -27,7 +28,7 @@ import torch
 
 from . import data as data_module
 from .data import DataRecipe, Duplication
-from .nets import CIFAR10_UNET, build_net
+from .nets import CIFAR10_UNET, NETS, build_net
 from .sampling import sample_ode
 from .score import NetworkScore
 from .sde import VPSDE
@@ -332,9 +333,10 @@ def with_settings(recipe, settings: dict | None):
     for key, value in settings.items():
         head, _, rest = key.partition(".")
         if head == "net" and rest:
-            if rest not in net and rest not in {"n_classes", "channel_mult", "n_res_blocks", "attention", "dropout"}:
-                raise ValueError(f"setting {key!r}: the network configuration has no entry {rest!r} "
-                                 f"(it has {', '.join(sorted(net))})")
+            accepted = set(inspect.signature(NETS[net["kind"]]).parameters)
+            if rest not in accepted:
+                raise ValueError(f"setting {key!r}: the {net['kind']} network has no setting {rest!r} "
+                                 f"(it takes {', '.join(sorted(accepted))})")
             net[rest] = value
         elif head == "data" and rest and options is not None:
             options[rest] = value

@@ -26,7 +26,7 @@ from torch import nn
 
 from ._checks import check_positive_int
 
-__all__ = ["MLPScoreNet", "UNet", "ResNetClassifier", "time_embedding", "build_net", "CIFAR10_UNET"]
+__all__ = ["MLPScoreNet", "UNet", "ResNetClassifier", "time_embedding", "build_net", "CIFAR10_UNET", "NETS"]
 
 
 def time_embedding(t, dim: int, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -328,10 +328,10 @@ def build_net(config: dict) -> nn.Module:
     """Rebuild a network from its ``config`` dict (as stored in checkpoints)."""
     config = dict(config)
     kind = config.pop("kind", None)
-    if kind == "mlp":
-        return MLPScoreNet(**config)
-    if kind == "unet":
-        return UNet(**config)
-    if kind == "resnet_classifier":
-        return ResNetClassifier(**config)
-    raise ValueError(f"config['kind'] must be 'mlp', 'unet' or 'resnet_classifier', got {kind!r}")
+    if kind not in NETS:
+        raise ValueError(f"config['kind'] must be one of {', '.join(map(repr, NETS))}, got {kind!r}")
+    return NETS[kind](**config)
+
+
+#: The network classes by the ``kind`` their configuration names.
+NETS = {"mlp": MLPScoreNet, "unet": UNet, "resnet_classifier": ResNetClassifier}

@@ -123,6 +123,8 @@ def test_with_settings_replaces_and_refuses_by_name():
         checkpoints.with_settings(recipe, {"n_step": 5})
     with pytest.raises(ValueError, match="'net.width'"):
         checkpoints.with_settings(recipe, {"net.width": 5})
+    with pytest.raises(ValueError, match="'net.channel_mult'"):           # a U-Net setting, not the MLP's
+        checkpoints.with_settings(checkpoints.RECIPES["digits64_x0"], {"net.channel_mult": [1, 2]})
     student = checkpoints.with_settings(checkpoints.RECIPES["cifar10_1000_side_student"], {"n_synthetic": 8})
     assert student.n_synthetic == 8
     assert checkpoints.parse_setting("net.channel_mult=[1, 2]") == ("net.channel_mult", [1, 2])
